@@ -1,0 +1,1 @@
+"""The harness: pytest plugin, stack orchestration, time, faults, invariants, reports and the CLI."""

@@ -1,0 +1,1 @@
+"""Wire formats of the EcoWatt system: pure, synchronous, no I/O."""

@@ -1,0 +1,1 @@
+"""The simulated inverter: PV physics over time, served over HTTP frames, Modbus TCP and Modbus RTU."""
