@@ -95,3 +95,10 @@ def http_status(error: EcoWattError) -> int:
         if cls in HTTP_STATUS:
             return HTTP_STATUS[cls]
     return 400
+
+
+class NvsError(EcoWattError):
+    """An NVS write the store refuses, as ESP-IDF would: bad namespace/key name, value out of range or
+    too long, or a key rewritten with another type."""
+
+    code = "bad_nvs"

@@ -76,7 +76,7 @@ def resolve(ref: str | int) -> Register:
     if isinstance(ref, int):
         return by_address(ref)
     text = ref.strip()
-    return by_address(int(text)) if text.isdigit() else by_name(text)
+    return by_address(int(text)) if text.isascii() and text.isdigit() else by_name(text)
 
 
 def selection_mask(addresses: list[int] | tuple[int, ...]) -> int:
