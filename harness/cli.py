@@ -13,6 +13,8 @@ import sys
 COMMAND_MODULES = (
     "sim_inverter.cli",
     "cloud.cli",
+    "cloud.operator_cli",
+    "cloud.ota_cli",
     "device_emulator.cli",
     "harness.compression_bench",
     "harness.demo",
