@@ -27,7 +27,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 
 async def _demo(seconds: float, time_scale: float) -> int:
     console = Console()
-    service = SimService(SimConfig(host="127.0.0.1", http_port=0, modbus_port=0, time_scale=time_scale))
+    service = SimService(SimConfig(
+        host="127.0.0.1", http_port=0, modbus_port=0, time_scale=time_scale, time_offset=4 * 3600.0
+    ))
     await service.start()
     try:
         console.print(f"simulator listening on {service.http_url} and {service.modbus_url}")
