@@ -1,0 +1,244 @@
+"""Secured uploads: the anti-replay nonce, the upload log, packets, samples and decoder state.
+
+`ingest` is ONE transaction: check the nonce is strictly greater than the stored one and advance it,
+record the upload, store packets and samples (a packet already stored under the same device, boot,
+packet timestamp and content hash is recognised, not stored again), save the decoder state, store
+the reply for a byte-identical resend, and enqueue outbox messages. All of it or nothing.
+
+Concurrency: on PostgreSQL the conditional upsert of the nonce (`... DO UPDATE ... WHERE last_nonce
+< n`) takes the device's nonce row lock and re-checks the condition on the newest row, so concurrent
+ingests of one device (from any number of processes) run one after the other and exactly one can
+advance to a given nonce. On SQLite the single writer runs them one after the other anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from cloud.storage.backend import Row, StorePart, Transaction
+from cloud.storage.devices import ensure_device
+from cloud.storage.outbox import insert_messages
+from cloud.storage.records import (
+    IngestRequest,
+    IngestResult,
+    NonceState,
+    Packet,
+    PacketIn,
+    PacketStats,
+    PacketStatus,
+    StoredPacket,
+    TelemetrySample,
+    Upload,
+    Verdict,
+)
+
+_UPLOAD = ("id, device_id, nonce, verdict, reason, packets, new_packets, samples, body_bytes, envelope_sha256, "
+           "received_at")
+_PACKET = ("id, device_id, boot_id, packet_ts, content_sha256, codec, status, reason, sample_count, raw_hex, "
+           "upload_id, received_at")
+_NONCE = "device_id, last_nonce, last_envelope_sha256, last_upload_id, updated_at"
+_SAMPLE = ("s.id, s.device_id, s.packet_id, s.sample_index, s.address, s.raw, s.device_ms, s.sampled_at, "
+           "s.received_at, p.boot_id, p.packet_ts, p.codec, p.status")
+_SAMPLE_INSERT = (
+    "INSERT INTO samples (device_id, packet_id, sample_index, address, raw, device_ms, sampled_at, received_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _upload(row: Row) -> Upload:
+    return Upload(row["id"], row["device_id"], row["nonce"], row["verdict"], row["reason"], row["packets"],
+                  row["new_packets"], row["samples"], row["body_bytes"], row["envelope_sha256"], row["received_at"])
+
+
+def _packet(row: Row) -> Packet:
+    return Packet(row["id"], row["device_id"], row["boot_id"], row["packet_ts"], row["content_sha256"],
+                  row["codec"], PacketStatus(row["status"]), row["reason"], row["sample_count"], row["raw_hex"],
+                  row["upload_id"], row["received_at"])
+
+
+def _nonce(row: Row) -> NonceState:
+    return NonceState(row["device_id"], row["last_nonce"], row["last_envelope_sha256"], row["last_upload_id"],
+                      row["updated_at"])
+
+
+def _sample(row: Row) -> TelemetrySample:
+    return TelemetrySample(row["id"], row["device_id"], row["packet_id"], row["sample_index"], row["address"],
+                           row["raw"], row["device_ms"], row["sampled_at"], row["received_at"], row["boot_id"],
+                           row["packet_ts"], row["codec"], PacketStatus(row["status"]))
+
+
+async def _insert_upload(tx: Transaction, device_id: str, nonce: int | None, verdict: str, reason: str | None,
+                         packets: int, body_bytes: int, envelope_sha256: str | None, now: float) -> int:
+    upload_id = await tx.fetchval(
+        "INSERT INTO uploads (device_id, nonce, verdict, reason, packets, body_bytes, envelope_sha256, received_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        device_id, nonce, verdict, reason, packets, body_bytes, envelope_sha256, now,
+    )
+    return int(upload_id)
+
+
+async def _refuse(tx: Transaction, request: IngestRequest, now: float) -> IngestResult:
+    """The nonce did not advance: a byte-identical resend of the last accepted envelope, or a replay."""
+    row = await tx.fetchrow(
+        "SELECT last_nonce, last_envelope_sha256, last_reply FROM nonces WHERE device_id = ?", request.device_id
+    )
+    assert row is not None
+    resend = row["last_nonce"] == request.nonce and row["last_envelope_sha256"] == request.envelope_sha256
+    verdict = Verdict.RESEND if resend else Verdict.REPLAY
+    reason = None if resend else "nonce not greater than the last accepted one"
+    upload_id = await _insert_upload(tx, request.device_id, request.nonce, verdict, reason, 0, request.body_bytes,
+                                     request.envelope_sha256, now)
+    return IngestResult(verdict, upload_id, request.device_id, request.nonce,
+                        reply=row["last_reply"] if resend else None)
+
+
+async def _store_packets(tx: Transaction, request: IngestRequest, packets: Sequence[PacketIn], upload_id: int,
+                         now: float) -> tuple[list[StoredPacket], int]:
+    stored: list[StoredPacket] = []
+    samples = 0
+    for packet in packets:
+        key = (request.device_id, packet.boot_id, packet.packet_ts, packet.content_sha256)
+        packet_id = await tx.fetchval(
+            "INSERT INTO packets (device_id, boot_id, packet_ts, content_sha256, codec, status, reason, sample_count, "
+            "raw_hex, upload_id, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (device_id, boot_id, packet_ts, content_sha256) DO NOTHING RETURNING id",
+            *key, packet.codec, str(packet.status), packet.reason, len(packet.samples), packet.raw_hex, upload_id,
+            now,
+        )
+        if packet_id is None:  # stored before: a re-send after a lost acknowledgement
+            existing = await tx.fetchrow(
+                "SELECT id, status FROM packets WHERE device_id = ? AND boot_id = ? AND packet_ts = ? "
+                "AND content_sha256 = ?", *key,
+            )
+            assert existing is not None
+            stored.append(StoredPacket(existing["id"], False, PacketStatus(existing["status"])))
+            continue
+        if packet.samples:
+            await tx.executemany(_SAMPLE_INSERT, [
+                (request.device_id, packet_id, s.index, s.address, s.raw, s.device_ms,
+                 now if s.sampled_at is None else s.sampled_at, now)
+                for s in packet.samples
+            ])
+            samples += len(packet.samples)
+        stored.append(StoredPacket(packet_id, True, PacketStatus(packet.status)))
+    return stored, samples
+
+
+async def ingest_once(tx: Transaction, request: IngestRequest, now: float) -> IngestResult:
+    device_id = request.device_id
+    await ensure_device(tx, device_id, now)
+    # Insert or advance the nonce, in one statement; a row is written only if the nonce is greater.
+    advanced = await tx.execute(
+        "INSERT INTO nonces (device_id, last_nonce, last_envelope_sha256, updated_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (device_id) DO UPDATE SET last_nonce = excluded.last_nonce, "
+        "last_envelope_sha256 = excluded.last_envelope_sha256, last_reply = NULL, updated_at = excluded.updated_at "
+        "WHERE nonces.last_nonce IS NULL OR nonces.last_nonce < excluded.last_nonce",
+        device_id, request.nonce, request.envelope_sha256, now,
+    )
+    if not advanced:
+        return await _refuse(tx, request, now)
+
+    # The nonce row is ours until commit, so the decoder state read here cannot change under us.
+    state = await tx.fetchval("SELECT state FROM codec_states WHERE device_id = ?", device_id)
+    decoded = request.decode(state)
+    upload_id = await _insert_upload(tx, device_id, request.nonce, Verdict.ACCEPTED, decoded.reason,
+                                     len(decoded.packets), request.body_bytes, request.envelope_sha256, now)
+    stored, samples = await _store_packets(tx, request, decoded.packets, upload_id, now)
+    if decoded.codec_state is not None:
+        await tx.execute(
+            "INSERT INTO codec_states (device_id, state, updated_at) VALUES (?, ?, ?) ON CONFLICT (device_id) "
+            "DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            device_id, decoded.codec_state, now,
+        )
+    await tx.execute(
+        "UPDATE devices SET last_seen = ?, first_seen = COALESCE(first_seen, ?) WHERE device_id = ?",
+        now, now, device_id,
+    )
+    result = IngestResult(Verdict.ACCEPTED, upload_id, device_id, request.nonce, tuple(stored), samples)
+    await tx.execute("UPDATE uploads SET new_packets = ?, samples = ? WHERE id = ?",
+                     result.new_packets, samples, upload_id)
+    result = dataclasses.replace(result, reply=request.reply(result))
+    await tx.execute("UPDATE nonces SET last_reply = ?, last_upload_id = ? WHERE device_id = ?",
+                     result.reply, upload_id, device_id)
+    await insert_messages(tx, request.outbox(result), now)
+    return result
+
+
+class IngestStore(StorePart):
+    async def ingest(self, request: IngestRequest) -> IngestResult:
+        """Store one authentic upload exactly once (see the module docstring); returns when committed."""
+
+        async def work(tx: Transaction) -> IngestResult:
+            return await ingest_once(tx, request, self._clock())
+
+        return await self._backend.write(work)
+
+    async def record_rejected_upload(self, device_id: str, verdict: str, *, nonce: int | None = None,
+                                     reason: str | None = None, body_bytes: int = 0,
+                                     envelope_sha256: str | None = None) -> int:
+        """Log an upload refused before `ingest` (bad MAC, malformed envelope...); its id."""
+
+        async def work(tx: Transaction) -> int:
+            return await _insert_upload(tx, device_id, nonce, verdict, reason, 0, body_bytes, envelope_sha256,
+                                        self._clock())
+
+        return await self._backend.write(work)
+
+    async def list_uploads(self, device_id: str | None = None, *, after_id: int = 0, limit: int = 100,
+                           newest_first: bool = False) -> list[Upload]:
+        where, args = ("WHERE id > ?", [after_id]) if device_id is None else (
+            "WHERE device_id = ? AND id > ?", [device_id, after_id])
+        order = "DESC" if newest_first else "ASC"
+        return await self._all(_upload, f"SELECT {_UPLOAD} FROM uploads {where} ORDER BY id {order} LIMIT ?",
+                               *args, limit)
+
+    async def list_packets(self, device_id: str, *, after_id: int = 0, limit: int = 1000) -> list[Packet]:
+        return await self._all(
+            _packet, f"SELECT {_PACKET} FROM packets WHERE device_id = ? AND id > ? ORDER BY id LIMIT ?",
+            device_id, after_id, limit,
+        )
+
+    async def telemetry(self, device_id: str, *, since: float | None = None, until: float | None = None,
+                        after_id: int = 0, limit: int = 1000) -> list[TelemetrySample]:
+        """Stored samples in storage order (ids ascend), optionally within [since, until) of sampled_at."""
+        conditions, args = ["s.device_id = ?", "s.id > ?"], [device_id, after_id]
+        if since is not None:
+            conditions.append("s.sampled_at >= ?")
+            args.append(since)
+        if until is not None:
+            conditions.append("s.sampled_at < ?")
+            args.append(until)
+        return await self._all(
+            _sample,
+            f"SELECT {_SAMPLE} FROM samples s JOIN packets p ON p.id = s.packet_id "
+            f"WHERE {' AND '.join(conditions)} ORDER BY s.id LIMIT ?",
+            *args, limit,
+        )
+
+    async def packet_stats(self, device_id: str | None = None) -> list[PacketStats]:
+        where, args = ("", []) if device_id is None else ("WHERE device_id = ?", [device_id])
+        return await self._all(
+            lambda r: PacketStats(r["codec"], PacketStatus(r["status"]), r["packets"], r["samples"]),
+            f"SELECT codec, status, COUNT(*) AS packets, SUM(sample_count) AS samples FROM packets {where} "
+            "GROUP BY codec, status ORDER BY codec, status",
+            *args,
+        )
+
+    async def codec_state(self, device_id: str) -> str | None:
+        return await self._one(lambda r: str(r["state"]), "SELECT state FROM codec_states WHERE device_id = ?",
+                               device_id)
+
+    # --- anti-replay state ---
+
+    async def nonce_state(self, device_id: str) -> NonceState | None:
+        return await self._one(_nonce, f"SELECT {_NONCE} FROM nonces WHERE device_id = ?", device_id)
+
+    async def list_nonce_states(self) -> list[NonceState]:
+        return await self._all(_nonce, f"SELECT {_NONCE} FROM nonces ORDER BY device_id")
+
+    async def reset_nonces(self, device_id: str | None = None) -> int:
+        """Forget the last accepted nonce (of one device, or all): any nonce is accepted next."""
+        if device_id is None:
+            return await self._change("DELETE FROM nonces")
+        return await self._change("DELETE FROM nonces WHERE device_id = ?", device_id)
