@@ -102,3 +102,18 @@ class NvsError(EcoWattError):
     too long, or a key rewritten with another type."""
 
     code = "bad_nvs"
+
+
+class FlashError(EcoWattError):
+    """A flash operation the SPI flash driver refuses: outside the chip, or an erase that is not on
+    4 KiB sector boundaries. `value` is the offending (offset, length)."""
+
+    code = "bad_flash_op"
+
+
+class LoaderFrameError(FrameError):
+    """A packet of the ESP32 serial loader protocol (esptool <-> ROM) that cannot be parsed: a bad SLIP
+    escape, an oversized frame, a command header that is short or whose length field lies. `value` is
+    the offending bytes."""
+
+    code = "bad_loader_frame"

@@ -8,13 +8,16 @@ reference manifests still parse: `device_type`, a monotonically increasing `secu
 Replies are written in the shapes the firmware reads (§7.3): the check reply nests the offer in
 `update_info`; the chunk reply carries standard base64 and `chunk_size` = decoded length. The
 `parse_*_reply` functions read them as the device does; the `parse_*_request` functions read what the
-device sends. Everything raises DocumentError on a wrong shape.
+device sends. Everything raises DocumentError on a wrong shape. The spec firmware also reports its
+progress, verification, reboot and boot confirmation (`OtaReport`, `POST /ota/report/<id>`) and closes
+the session (`complete_request`, `POST /ota/complete/<id>`); firmware 1.0.4 does neither.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 import re
 from dataclasses import asdict, dataclass, replace
@@ -331,3 +334,69 @@ def parse_complete_request(body: bytes | str) -> bool:
 def error_reply(message: str) -> dict[str, Any]:
     """The reference error shape, `{"success":false,"error":...}`."""
     return {"success": False, "error": message}
+
+
+def complete_request(success: bool) -> bytes:
+    """The body of `POST /ota/complete/<id>`: `{"success": <bool>}`."""
+    return dumps({"success": success})
+
+
+# --- POST /ota/report/<id> (spec firmware; 1.0.4 never reports) ------------------------------------
+
+
+class ReportPhase(enum.StrEnum):
+    PROGRESS = "progress"  # download started, resumed, advancing or interrupted
+    VERIFICATION = "verification"  # hash and signature of the downloaded image
+    REBOOT = "reboot"  # the device restarts into the new image
+    BOOT = "boot"  # after the restart: the new image confirmed itself, or the old one runs again
+
+
+REPORT_STATUSES: dict[ReportPhase, tuple[str, ...]] = {
+    ReportPhase.PROGRESS: ("started", "resumed", "downloading", "interrupted"),
+    ReportPhase.VERIFICATION: ("passed", "failed"),
+    ReportPhase.REBOOT: ("rebooting",),
+    ReportPhase.BOOT: ("confirmed", "rolled_back"),
+}
+
+
+@dataclass(frozen=True)
+class OtaReport:
+    """One OTA status report: `{"phase","status","version"}` plus the optional fields that are set."""
+
+    phase: str
+    status: str
+    version: str  # the release being installed
+    chunks_done: int | None = None  # progress: chunks verified and written so far
+    total_chunks: int | None = None
+    running_version: str | None = None  # boot: the version running after the restart
+    reason: str | None = None  # why something failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def to_json(self) -> bytes:
+        return dumps(self.to_dict())
+
+
+def parse_ota_report(body: bytes | str) -> OtaReport:
+    """A device's report, checked: a known phase, a status of that phase, counts that make sense."""
+    fields = load_object(body, DocumentError, "OTA report")
+    phase_text = fields.text("phase")
+    try:
+        phase = ReportPhase(phase_text)
+    except ValueError:
+        raise fields.fail("phase", f"one of {', '.join(ReportPhase)}", phase_text) from None
+    status = fields.text("status")
+    if status not in REPORT_STATUSES[phase]:
+        raise fields.fail("status", f"one of {', '.join(REPORT_STATUSES[phase])}", status)
+    total = fields.integer("total_chunks", 0) if "total_chunks" in fields else None
+    done = fields.integer("chunks_done", 0, total) if "chunks_done" in fields else None
+    return OtaReport(
+        phase=phase.value,
+        status=status,
+        version=fields.text("version", allow_empty=False),
+        chunks_done=done,
+        total_chunks=total,
+        running_version=fields.text("running_version") if "running_version" in fields else None,
+        reason=fields.text("reason") if "reason" in fields else None,
+    )
