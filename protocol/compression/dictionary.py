@@ -135,6 +135,8 @@ def decode_dictionary(packet: bytes, layout: Sequence[int], state: CodecState, c
         for position, reg in enumerate(registers):
             if pattern_errors[reg] != 0:
                 bounds[position] = add_bounds([bounds.get(position, 0), pattern_errors[reg]])
+                # Readings listed from an approximate base are not all the value could have been.
+                readings.pop(position, None)
     if not bounds:
         return Decoded(fmt, DecodeStatus.EXACT, tuple(values))
     reason = "one-byte deltas with more than one reading" if readings else ""
