@@ -36,7 +36,6 @@ from protocol.compression import (
 )
 from protocol.errors import EcoWattError
 from protocol.registers import DEFAULT_SELECTION, by_address, resolve
-from sim_inverter.model import InverterModel
 
 POLL_SECONDS = 2.0
 SMART = "SMART"
@@ -113,6 +112,8 @@ def _decode(call: Callable[..., Decoded], *args: Any) -> tuple[Decoded, int]:
 
 def run_bench(hours: float, layout: tuple[int, ...], seed: int) -> dict[str, Any]:
     """Compress `hours` of simulated data; the JSON-ready report."""
+    from sim_inverter.model import InverterModel  # pvlib is slow to import: only on use
+
     model = InverterModel(seed=seed)
     batches = int(hours * 3600 / POLL_SECONDS) // BATCH_SAMPLES
     device, mirror = CodecState(), CodecState()

@@ -15,7 +15,6 @@ from rich.table import Table
 
 from protocol import modbus
 from protocol.registers import REGISTERS, SLAVE_ADDRESS
-from sim_inverter.service import SimConfig, SimService
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -26,6 +25,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 async def _demo(seconds: float, time_scale: float) -> int:
+    from sim_inverter.service import SimConfig, SimService  # pvlib is slow to import: only on use
+
     console = Console()
     service = SimService(SimConfig(
         host="127.0.0.1", http_port=0, modbus_port=0, time_scale=time_scale, time_offset=4 * 3600.0

@@ -10,9 +10,12 @@ import argparse
 import asyncio
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from protocol.registers import SLAVE_ADDRESS
-from sim_inverter.service import SimConfig, SimService
+
+if TYPE_CHECKING:
+    from sim_inverter.service import SimConfig
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -38,6 +41,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    # The model pulls in pvlib and pandas (seconds): import on use so every `ecowatt` command starts fast.
+    from sim_inverter.service import SimConfig
+
     config = SimConfig(
         host=args.host,
         http_port=args.http_port,
@@ -60,6 +66,8 @@ async def _serve(config: SimConfig) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    from sim_inverter.service import SimService
+
     service = SimService(config)
     try:
         await service.start()
