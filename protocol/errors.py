@@ -117,3 +117,11 @@ class LoaderFrameError(FrameError):
     the offending bytes."""
 
     code = "bad_loader_frame"
+
+
+class HttpFramingError(FrameError):
+    """HTTP/1.1 bytes whose message framing cannot be followed: a bad start line or header, a
+    Content-Length or chunk size that is not a number, a head too large. `value` is the offending
+    bytes."""
+
+    code = "bad_http_framing"
