@@ -10,7 +10,6 @@ no reply at all (connection refused, reset, timeout) is None.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -42,11 +41,15 @@ async def within(ctx: FirmwareContext, seconds: float, work: Awaitable[T]) -> T:
             return task.result()
         raise TimeoutError(f"no reply within {seconds} s")
     finally:
-        for pending in (task, timer):
-            if not pending.done():
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pending
+        pending = {t for t in (task, timer) if not t.done()}
+        for t in pending:
+            t.cancel()
+        if pending:
+            # asyncio.wait never raises the inner tasks' CancelledError, so a cancellation aimed at
+            # the caller still propagates instead of being swallowed here.
+            await asyncio.wait(pending)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a late failure of abandoned work is not worth a warning
 
 
 async def exchange(
