@@ -225,6 +225,13 @@ class IngestStore(StorePart):
             *args,
         )
 
+    async def upload_verdicts(self, device_id: str | None = None) -> dict[str, int]:
+        """How many uploads got each verdict (accepted, resend, replay, and the service's rejections)."""
+        where, args = ("", []) if device_id is None else ("WHERE device_id = ?", [device_id])
+        rows = await self._all(lambda r: (str(r["verdict"]), int(r["n"])),
+                               f"SELECT verdict, COUNT(*) AS n FROM uploads {where} GROUP BY verdict", *args)
+        return dict(rows)
+
     async def codec_state(self, device_id: str) -> str | None:
         return await self._one(lambda r: str(r["state"]), "SELECT state FROM codec_states WHERE device_id = ?",
                                device_id)
