@@ -124,20 +124,27 @@ class OtaStore(StorePart):
 
     async def rollout_for_device(self, device_id: str) -> tuple[Rollout, RolloutTarget] | None:
         """The newest active rollout that targets the device, with the device's place in it."""
+        found = await self._device_rollouts(device_id, active_only=True, limit=1)
+        return found[0] if found else None
 
-        async def work(tx: Transaction) -> tuple[Rollout, RolloutTarget] | None:
-            row = await tx.fetchrow(
+    async def device_rollouts(self, device_id: str, *, limit: int = 20) -> list[tuple[Rollout, RolloutTarget]]:
+        """Every rollout that targeted the device (in any state), newest first, with its place in each."""
+        return await self._device_rollouts(device_id, active_only=False, limit=limit)
+
+    async def _device_rollouts(self, device_id: str, *, active_only: bool,
+                               limit: int) -> list[tuple[Rollout, RolloutTarget]]:
+        only_active = " AND r.state = 'active'" if active_only else ""
+
+        async def work(tx: Transaction) -> list[tuple[Rollout, RolloutTarget]]:
+            rows = await tx.fetch(
                 "SELECT r.id, r.name, r.version, r.state, r.created_at, r.updated_at, t.rollout_id, t.device_id, "
                 "t.state AS target_state, t.detail, t.updated_at AS target_updated_at "
                 "FROM rollout_targets t JOIN rollouts r ON r.id = t.rollout_id "
-                "WHERE t.device_id = ? AND r.state = 'active' ORDER BY r.id DESC LIMIT 1",
-                device_id,
+                f"WHERE t.device_id = ?{only_active} ORDER BY r.id DESC LIMIT ?",
+                device_id, limit,
             )
-            if row is None:
-                return None
-            target = RolloutTarget(row["rollout_id"], row["device_id"], row["target_state"], row["detail"],
-                                   row["target_updated_at"])
-            return _rollout(row), target
+            return [(_rollout(row), RolloutTarget(row["rollout_id"], row["device_id"], row["target_state"],
+                                                  row["detail"], row["target_updated_at"])) for row in rows]
 
         return await self._backend.read(work)
 
