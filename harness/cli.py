@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "cloud.cli",
     "cloud.operator_cli",
     "cloud.ota_cli",
+    "harness.board_cli",  # after cloud.ota_cli: `firmware build` joins the `firmware` group it creates
     "device_emulator.cli",
     "harness.compression_bench",
     "harness.demo",
