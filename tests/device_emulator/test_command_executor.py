@@ -22,19 +22,6 @@ REFERENCE, SPEC = "reference-1.0.4", "spec"
 
 
 @pytest.fixture
-async def cloud() -> AsyncIterator[StandInCloud]:
-    async with StandInCloud() as stand_in:
-        yield stand_in
-    assert stand_in.errors == []
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
 async def sim() -> AsyncIterator[SimService]:
     async with SimService(SimConfig(http_port=0, modbus_port=None)) as service:
         yield service

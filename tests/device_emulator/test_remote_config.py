@@ -4,7 +4,6 @@ acknowledges accepted / rejected / unchanged, idempotently and across power cuts
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -23,19 +22,6 @@ DEFAULTS = {
 }
 # The LEGACY server's example: poll every 9 s, registers 0..9 (upload flagged off).
 EXAMPLE = ConfigReply(True, True, 9, False, 11, True, 10, 1023)
-
-
-@pytest.fixture
-async def cloud() -> AsyncIterator[StandInCloud]:
-    async with StandInCloud() as stand_in:
-        yield stand_in
-    assert stand_in.errors == []
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 def board_for(tmp_path: Path, session: aiohttp.ClientSession, cloud: StandInCloud, profile: str) -> Board:
