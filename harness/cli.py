@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "harness.board_cli",  # after cloud.ota_cli: `firmware build` joins the `firmware` group it creates
     "device_emulator.cli",
     "harness.compression_bench",
+    "harness.report_cli",
     "harness.demo",
 )
 
