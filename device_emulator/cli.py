@@ -1,9 +1,13 @@
 """`ecowatt device run | fleet | quirks`: run emulated boards from the command line.
 
-`run` starts one board and prints `state directory: DIR` (and, with `--console-pty`, `listening on
-serial://PATH`), then runs until SIGINT or SIGTERM. `fleet` runs N boards in one process, each with
-its own id, key, state directory and jittered timer phases, and writes the ids and keys the cloud must
-know to `fleet.json` in the base directory. `quirks` prints the profiles' quirk table.
+`run` starts one board and prints `state directory: DIR`, then runs until SIGINT or SIGTERM. With
+`--console-pty` (a pty) or `--serial URL` (`socket://HOST:PORT`, `rfc2217://HOST:PORT`, port 0 for a
+free one) the board has a serial port, printed first as `listening on serial://PATH` (or the URL): its
+UART console, and the ROM download mode the real esptool flashes it through.
+
+`fleet` runs N boards in one process, each with its own id, key, state directory and jittered timer
+phases, and writes the ids and keys the cloud must know to `fleet.json` in the base directory.
+`quirks` prints the profiles' quirk table.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from device_emulator.config import DEFAULT_DEVICE_ID, FLEET_KEY, DeviceConfig, Transport
 from device_emulator.device import Device
 from device_emulator.profiles import PROFILES, REFERENCE, quirks_document
+from device_emulator.rom_loader import DEFAULT_MAC
 from protocol.envelope import PSK_SIZE
 
 
@@ -39,7 +44,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     run.add_argument(
         "--state-dir", type=Path, default=None, help="flash and NVS live here (default: new temp dir)"
     )
-    run.add_argument("--console-pty", action="store_true", help="mirror the UART console on a new pty")
+    port = run.add_mutually_exclusive_group()
+    port.add_argument("--console-pty", action="store_true", help="give the board a serial port on a new pty")
+    port.add_argument(
+        "--serial",
+        type=_serial_url,
+        default=None,
+        help="give the board a serial port served at socket://HOST:PORT or rfc2217://HOST:PORT",
+    )
+    run.add_argument("--mac", type=_mac, default=DEFAULT_MAC, help="its MAC address (aa:bb:cc:dd:ee:ff)")
     run.add_argument("--quiet", action="store_true", help="do not echo the console on stderr")
     run.set_defaults(func=run_command)
 
@@ -99,7 +112,8 @@ def run_command(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"ecowatt device run: {error}", file=sys.stderr)
         return 2
-    return asyncio.run(_run([config], console_pty=args.console_pty, echo=not args.quiet))
+    serial = "pty" if args.console_pty else args.serial
+    return asyncio.run(_run([config], serial=serial, mac=args.mac, echo=not args.quiet))
 
 
 def fleet_command(args: argparse.Namespace) -> int:
@@ -125,7 +139,7 @@ def fleet_command(args: argparse.Namespace) -> int:
     keys = {c.device_id: c.key.hex() for c in configs}
     (base / "fleet.json").write_text(json.dumps({"devices": keys}, indent=2) + "\n")
     print(f"fleet file: {base / 'fleet.json'}", flush=True)
-    return asyncio.run(_run(configs, console_pty=False, echo=False))
+    return asyncio.run(_run(configs, serial=None, echo=False))
 
 
 def quirks_command(args: argparse.Namespace) -> int:
@@ -138,18 +152,22 @@ def fleet_key(seed: int, device_id: str) -> bytes:
     return hashlib.sha256(f"ecowatt-fleet/{seed}/{device_id}".encode()).digest()
 
 
-async def _run(configs: list[DeviceConfig], *, console_pty: bool, echo: bool) -> int:
+async def _run(
+    configs: list[DeviceConfig], *, serial: str | None, echo: bool, mac: bytes = DEFAULT_MAC
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    devices = [Device(config, wall_clock=time.time) for config in configs]
+    devices = [Device(config, wall_clock=time.time, serial=serial, mac=mac) for config in configs]
     try:
         for device in devices:
             if echo:
                 device.console.subscribe(lambda line: print(line, file=sys.stderr, flush=True))
-            if console_pty:
-                print(f"listening on serial://{device.console.open_pty()}", flush=True)
+            if serial is not None:
+                # Open before power-on: a client that connects on this line sees the first boot.
+                endpoint = await device.open_serial()
+                print(f"listening on {endpoint.url}", flush=True)
             await device.start()
             if len(devices) == 1:
                 print(f"state directory: {device.state_dir}", flush=True)
@@ -171,6 +189,22 @@ def _key(text: str) -> bytes:
     if len(key) != PSK_SIZE:
         raise argparse.ArgumentTypeError(f"the key is {PSK_SIZE} bytes ({2 * PSK_SIZE} hex digits)")
     return key
+
+
+def _serial_url(text: str) -> str:
+    if not text.startswith(("socket://", "rfc2217://")):
+        raise argparse.ArgumentTypeError("a serial URL is socket://HOST:PORT or rfc2217://HOST:PORT")
+    return text
+
+
+def _mac(text: str) -> bytes:
+    try:
+        mac = bytes.fromhex(text.replace(":", "").replace("-", ""))
+    except ValueError:
+        mac = b""
+    if len(mac) != 6:
+        raise argparse.ArgumentTypeError("a MAC address is 6 bytes, e.g. 24:0a:c4:e5:a0:10")
+    return mac
 
 
 def _transport(text: str) -> Transport:

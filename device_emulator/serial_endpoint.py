@@ -24,8 +24,12 @@ How the chip moves between them, as on a board:
   download mode for the app; a software reset (FLASH_END with the reboot flag) restarts the ROM loader.
 * `reset()` is the EN button (with BOOT held: `download=True`).
 
-Every change is recorded in `transitions` and reported to `on_reset(mode)`: the device stops its
-firmware on HELD and DOWNLOAD and boots what the flash holds on RUN.
+Every change the host causes is recorded in `transitions` and reported to `on_reset(mode)`: the device
+stops its firmware on HELD and DOWNLOAD and boots what the flash holds on RUN. Changes the board causes
+itself go the other way: `restart(cause)` (power-on, esp_restart) reads the straps from the lines as
+they are, prints the banner and returns the mode for the caller to act on; `power_off()` silences the
+chip. `on_rom_output(text)` sees every banner the ROM prints, so the device's console records exactly
+what went out on the wire.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from protocol.errors import ImageError, LoaderFrameError
 from protocol.esp_image import FlashFrequency, parse_app_image
 
 STRAP_WINDOW = 0.3  # seconds after EN rises during which IO0 low still selects download mode
-MAX_CONSOLE_BACKLOG = 64 * 1024  # console bytes held for a slow (or absent) pty reader, then dropped
+MAX_CONSOLE_BACKLOG = 16 * 1024  # console bytes held for a slow (or absent) reader, then dropped
 BOOTLOADER_OFFSET = 0x1000
 BOOTLOADER_MAX = 0x7000  # the second-stage bootloader sits between 0x1000 and the partition table
 
@@ -103,6 +107,7 @@ class Transition:
 
 ResetHook = Callable[[ChipMode], None]
 InputHook = Callable[[bytes], None]
+OutputHook = Callable[[str], None]
 
 
 def boot_banner(cause: ResetCause, *, download: bool, flash: FlashMemory | None = None) -> str:
@@ -150,6 +155,7 @@ class SerialEndpoint:
         mac: bytes = DEFAULT_MAC,
         on_reset: ResetHook | None = None,
         on_input: InputHook | None = None,
+        on_rom_output: OutputHook | None = None,
         auto_download: bool | None = None,
         mode: ChipMode = ChipMode.RUN,
     ) -> None:
@@ -157,6 +163,7 @@ class SerialEndpoint:
         self.loader = RomLoader(flash, mac=mac)
         self.on_reset = on_reset
         self.on_input = on_input
+        self.on_rom_output = on_rom_output
         self._requested = url
         self.transport = _transport_kind(url)
         self.auto_download = self.transport != "rfc2217" if auto_download is None else auto_download
@@ -216,6 +223,24 @@ class SerialEndpoint:
         mode = ChipMode.DOWNLOAD if download else ChipMode.RUN
         self._enter(mode, f"reset ({cause.label})", cause)
 
+    def restart(self, cause: ResetCause = ResetCause.POWERON) -> ChipMode:
+        """The board restarts by itself (power-on, esp_restart, a watchdog): the ROM samples the straps
+        as the lines hold them now and prints its banner. `on_reset` is not called: the caller caused
+        it and acts on the mode returned (held in reset, the ROM loader, or the app)."""
+        self._cancel_strap()
+        if self._en_low:
+            self._enter(ChipMode.HELD, f"{cause.label} with EN low", notify=False)
+        elif self._io0_low:
+            self._enter(ChipMode.DOWNLOAD, f"{cause.label} with IO0 low", cause, notify=False)
+        else:
+            self._enter(ChipMode.RUN, cause.label, cause, notify=False)
+        return self.mode
+
+    def power_off(self) -> None:
+        """No power: the chip neither prints nor hears anything until `restart()`."""
+        self._cancel_strap()
+        self._enter(ChipMode.HELD, "power off", notify=False)
+
     def set_lines(self, *, dtr: bool | None = None, rts: bool | None = None) -> None:
         """Drive the modem-control lines as the USB-UART does (True = asserted), through the auto-reset
         circuit to EN and IO0."""
@@ -258,7 +283,9 @@ class SerialEndpoint:
 
     # --- the chip -----------------------------------------------------------------------------------------
 
-    def _enter(self, mode: ChipMode, cause: str, banner: ResetCause | None = None) -> None:
+    def _enter(
+        self, mode: ChipMode, cause: str, banner: ResetCause | None = None, *, notify: bool = True
+    ) -> None:
         self.mode = mode
         self.transitions.append(Transition(self._loop.time() if self._loop else 0.0, mode, cause))
         if mode is ChipMode.DOWNLOAD:
@@ -267,7 +294,9 @@ class SerialEndpoint:
         if banner is not None:
             text = boot_banner(banner, download=mode is ChipMode.DOWNLOAD, flash=self.flash)
             self._send(text.encode())
-        if self.on_reset is not None:
+            if self.on_rom_output is not None:
+                self.on_rom_output(text)
+        if notify and self.on_reset is not None:
             self.on_reset(mode)
 
     def _received(self, data: bytes) -> None:

@@ -1,12 +1,19 @@
-"""`ecowatt flash` and `ecowatt firmware build`: the board path from the command line.
+"""`ecowatt flash | provision | monitor | firmware build`: the board path from the command line.
 
     ecowatt flash --port PORT IMAGE [--offset 0x10000] [--baud B]
+    ecowatt provision --port PORT --cloud URL --inverter URL --device-id ID --key HEX
+    ecowatt monitor --port PORT
     ecowatt firmware build --version V --profile P [--out firmware/]
 
 `flash` runs esptool (harness/flashing.py) with a progress bar and fails, naming the port, when nothing
-answers within the connect timeout. `firmware build` writes an ESP32 app image whose app description
-(`esp_app_desc_t`) names the emulator's firmware profile and version; `esptool image-info` reads it like
-any IDF build, and the emulated bootloader boots it as that firmware.
+answers within the connect timeout. `provision` writes the board's settings into an NVS partition image
+and flashes it the same way (harness/provisioning.py). `monitor` prints the board's console, each line
+with the host's time of day, until Ctrl-C; it opens the port without touching DTR/RTS, so it does not
+reset the board. `firmware build` writes an ESP32 app image whose app description (`esp_app_desc_t`)
+names the emulator's firmware profile and version; `esptool image-info` reads it like any IDF build,
+and the emulated bootloader boots it as that firmware.
+
+PORT is a serial device, a pty path, or a pyserial URL (`rfc2217://HOST:PORT`, `socket://HOST:PORT`).
 
 `firmware` is a command group other parts add to (`firmware prepare` lives with the cloud's OTA tools):
 `build` joins the group if another module created it first, else creates it.
@@ -16,10 +23,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import re
 import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from datetime import datetime
 from pathlib import Path
+from typing import Any, TextIO
 
+import serial
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
@@ -30,36 +44,50 @@ from harness.flashing import (
     DEFAULT_OFFSET,
     FlashingFailed,
     FlashOptions,
+    FlashResult,
+    ProgressHook,
     flash_image,
 )
+from protocol.envelope import PSK_SIZE
 from protocol.errors import EcoWattError
 from protocol.esp_image import FIRMWARE_PROFILES, build_firmware_image, firmware_identity
 
 _SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+PORT_HELP = "serial port: /dev/ttyUSB0, a pty path, rfc2217://HOST:PORT, socket://HOST:PORT"
+MONITOR_BAUD = 115200  # the ESP32 ROM's and ESP-IDF's console rate
+MONITOR_READ_S = 0.2  # how long one read waits, which bounds how late a stop request is seen
+_LINE_PIECES = re.compile(r"[^\n]*\n|[^\n]+")  # whole lines with their ending, then a partial one
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     flash = subparsers.add_parser(
         "flash", help="write a firmware image to a board (or an emulated one) with esptool"
     )
-    flash.add_argument(
-        "--port",
-        required=True,
-        help="serial port: /dev/ttyUSB0, a pty path, rfc2217://HOST:PORT, socket://HOST:PORT",
-    )
+    flash.add_argument("--port", required=True, help=PORT_HELP)
     flash.add_argument("image", type=Path, help="the app image (.bin)")
     flash.add_argument(
         "--offset", type=_address, default=DEFAULT_OFFSET, help="flash address (default 0x10000)"
     )
-    flash.add_argument(
-        "--baud", type=_baud, default=DEFAULT_BAUD, help=f"baud rate while flashing ({DEFAULT_BAUD})"
-    )
-    flash.add_argument(
-        "--before", choices=BEFORE_CHOICES, default="default-reset", help="how to enter download mode"
-    )
-    flash.add_argument("--after", choices=AFTER_CHOICES, default="hard-reset", help="what to do when done")
-    flash.add_argument("--no-stub", action="store_true", help="talk to the ROM loader only (slower)")
+    _esptool_options(flash)
     flash.set_defaults(func=flash_command)
+
+    provision = subparsers.add_parser(
+        "provision", help="write a board's cloud, inverter, id and key into its NVS partition"
+    )
+    provision.add_argument("--port", required=True, help=PORT_HELP)
+    provision.add_argument("--cloud", required=True, help="cloud base URL, e.g. http://192.168.1.10:5001")
+    provision.add_argument("--inverter", required=True, help="inverter URL, e.g. http://192.168.1.20:8080")
+    provision.add_argument("--device-id", required=True, help="the id the board uploads as")
+    provision.add_argument("--key", required=True, type=_key, help="its upload key, 64 hex digits")
+    _esptool_options(provision)
+    provision.set_defaults(func=provision_command)
+
+    monitor = subparsers.add_parser("monitor", help="print a board's console with timestamps until Ctrl-C")
+    monitor.add_argument("--port", required=True, help=PORT_HELP)
+    monitor.add_argument(
+        "--baud", type=_baud, default=MONITOR_BAUD, help=f"console baud rate ({MONITOR_BAUD})"
+    )
+    monitor.set_defaults(func=monitor_command)
 
     build = _firmware_commands(subparsers).add_parser(
         "build", help="build an EcoWatt app image for a firmware profile and version"
@@ -87,29 +115,127 @@ def _firmware_commands(subparsers: argparse._SubParsersAction) -> argparse._SubP
     return commands
 
 
-def flash_command(args: argparse.Namespace) -> int:
-    options = FlashOptions(
-        offset=args.offset, baud=args.baud, before=args.before, after=args.after, no_stub=args.no_stub
+def _esptool_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--baud", type=_baud, default=DEFAULT_BAUD, help=f"baud rate while flashing ({DEFAULT_BAUD})"
     )
+    parser.add_argument(
+        "--before", choices=BEFORE_CHOICES, default="default-reset", help="how to enter download mode"
+    )
+    parser.add_argument("--after", choices=AFTER_CHOICES, default="hard-reset", help="what to do when done")
+    parser.add_argument("--no-stub", action="store_true", help="talk to the ROM loader only (slower)")
+
+
+def _flash_options(args: argparse.Namespace, offset: int = DEFAULT_OFFSET) -> FlashOptions:
+    return FlashOptions(
+        offset=offset, baud=args.baud, before=args.before, after=args.after, no_stub=args.no_stub
+    )
+
+
+def _flash_with_progress(
+    command: str, label: str, run: Callable[[ProgressHook], Coroutine[Any, Any, FlashResult]]
+) -> FlashResult | None:
+    """Run one esptool job under a progress bar; None (the error printed) when it failed."""
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(f"{args.image.name} -> {args.port} @ {args.offset:#x}", total=100.0)
+        task = bar.add_task(label, total=100.0)
         try:
-            result = asyncio.run(
-                flash_image(
-                    args.port, args.image, options, progress=lambda done: bar.update(task, completed=done)
-                )
-            )
+            return asyncio.run(run(lambda done: bar.update(task, completed=done)))
         except FlashingFailed as error:
             bar.stop()
-            print(f"ecowatt flash: {error}", file=sys.stderr)
-            return 1
+            print(f"ecowatt {command}: {error}", file=sys.stderr)
+            return None
+
+
+def flash_command(args: argparse.Namespace) -> int:
+    options = _flash_options(args, args.offset)
+    result = _flash_with_progress(
+        "flash",
+        f"{args.image.name} -> {args.port} @ {args.offset:#x}",
+        lambda progress: flash_image(args.port, args.image, options, progress=progress),
+    )
+    if result is None:
+        return 1
     print(
         f"flashed {result.size} bytes at {result.offset:#x} through {result.port} "
         f"({result.chip or 'ESP32'}, MAC {result.mac or 'unknown'}); hash verified",
         flush=True,
     )
+    return 0
+
+
+def provision_command(args: argparse.Namespace) -> int:
+    # Imported here: the NVS generator costs a noticeable share of every `ecowatt` start-up.
+    from harness.provisioning import BoardSettings, nvs_partition, provision
+
+    try:
+        settings = BoardSettings(args.cloud, args.inverter, args.device_id, args.key)
+    except ValueError as error:
+        print(f"ecowatt provision: {error}", file=sys.stderr)
+        return 2
+    result = _flash_with_progress(
+        "provision",
+        f"NVS -> {args.port} @ {nvs_partition().offset:#x}",
+        lambda progress: provision(args.port, settings, _flash_options(args), progress=progress),
+    )
+    if result is None:
+        return 1
+    print(
+        f"provisioned {settings.device_id} through {result.port} (MAC {result.mac or 'unknown'}): "
+        f"cloud {settings.cloud_url}, inverter {settings.inverter_url}; "
+        f"{result.size}-byte NVS partition at {result.offset:#x}, hash verified",
+        flush=True,
+    )
+    return 0
+
+
+def monitor_command(args: argparse.Namespace) -> int:
+    print(f"--- ecowatt monitor on {args.port} (Ctrl-C to quit) ---", file=sys.stderr, flush=True)
+    try:
+        return monitor(args.port, sys.stdout, baud=args.baud)
+    except KeyboardInterrupt:
+        return 0
+
+
+def monitor(
+    port: str,
+    out: TextIO,
+    *,
+    baud: int = MONITOR_BAUD,
+    wall_clock: Callable[[], float] = time.time,
+    stop: threading.Event | None = None,
+) -> int:
+    """Copy the console on `port` to `out`, each line prefixed with the local time it began, until
+    `stop` is set (or KeyboardInterrupt); 1 with a message naming the port when it fails or goes away."""
+    try:
+        port_handle = serial.serial_for_url(port, baudrate=baud, timeout=MONITOR_READ_S, do_not_open=True)
+        # Released lines through the DevKit's auto-reset circuit: EN and IO0 stay high, no reset.
+        port_handle.dtr = False
+        port_handle.rts = False
+        port_handle.open()
+    except (serial.SerialException, ValueError, OSError) as error:
+        print(f"ecowatt monitor: cannot open {port}: {error}", file=sys.stderr)
+        return 1
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    at_line_start = True
+    try:
+        while stop is None or not stop.is_set():
+            try:
+                data = port_handle.read(4096)
+            except (serial.SerialException, OSError) as error:
+                print(f"\necowatt monitor: {port} went away: {error}", file=sys.stderr)
+                return 1
+            text = decoder.decode(data).replace("\r\n", "\n").replace("\r", "")
+            for piece in _LINE_PIECES.findall(text):
+                if at_line_start:
+                    stamp = datetime.fromtimestamp(wall_clock()).strftime("%H:%M:%S.%f")[:-3]
+                    out.write(f"{stamp} ")
+                out.write(piece)
+                at_line_start = piece.endswith("\n")
+            out.flush()
+    finally:
+        port_handle.close()
     return 0
 
 
@@ -142,6 +268,16 @@ def _baud(text: str) -> int:
     if not 9600 <= value <= 5_000_000:
         raise argparse.ArgumentTypeError("baud rate must be between 9600 and 5000000")
     return value
+
+
+def _key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("the key is hex") from None
+    if len(key) != PSK_SIZE:
+        raise argparse.ArgumentTypeError(f"the key is {PSK_SIZE} bytes ({2 * PSK_SIZE} hex digits)")
+    return key
 
 
 def _version(text: str) -> str:

@@ -4,7 +4,6 @@ queue and the console."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from device_emulator.profiles import (
     quirks_document,
 )
 from protocol.upload_document import firmware_packet
-from tests.device_emulator.core_support import read_pty
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "quirks.md"
 
@@ -139,15 +137,15 @@ def test_console_lines_ring_and_subscribers() -> None:
         console.log("main", "?", "X")
 
 
-def test_console_pty_carries_the_lines() -> None:
-    console = Console()
-    path = console.open_pty()
-    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        console.banner()
-        console.log("main", "boot")
-        text = read_pty(reader, "boot\r\n")
-    finally:
-        os.close(reader)
-        console.close()
-    assert "rst:0x1 (POWERON_RESET)" in text and "[     0][I][main] boot\r\n" in text
+def test_console_sends_printed_lines_to_its_sink_and_only_records_what_is_already_on_the_wire() -> None:
+    console = Console(lambda: 42)
+    wire: list[str] = []
+    console.sink = wire.append
+    console.record("rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)")  # the ROM printed it
+    console.idf("boot", "Loaded app from partition at offset 0x10000")
+    console.log("main", "boot")
+    assert wire == [
+        "I (42) boot: Loaded app from partition at offset 0x10000\r\n",
+        "[    42][I][main] boot\r\n",
+    ]
+    assert console.tail(3)[0].startswith("rst:0x1") and len(console.lines) == 3
