@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "device_emulator.cli",
     "harness.compression_bench",
     "harness.report_cli",
+    "harness.campaign_cli",
     "harness.demo",
 )
 
