@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "harness.compression_bench",
     "harness.report_cli",
     "harness.campaign_cli",
+    "harness.fleet_cli",
     "harness.demo",
 )
 
