@@ -161,7 +161,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         headers = {k: v for k, v in error.headers.items() if k.lower() in ("allow", "www-authenticate")}
         return error_reply(error.status, error.reason, _STATUS_CODES.get(error.status, "error"), headers)
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
+        raise
+    except ConnectionResetError:
+        # The client went away before its request arrived whole: its failure, not ours. Re-raised, aiohttp
+        # would log it and answer (and count) a 500 nobody receives.
+        if request.transport is None or request.transport.is_closing():
+            return error_reply(400, "the connection was lost before the request arrived", "incomplete_request")
         raise
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)

@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "harness.report_cli",
     "harness.campaign_cli",
     "harness.fleet_cli",
+    "harness.run_cli",
+    "harness.stack_cli",
     "harness.demo",
 )
 
