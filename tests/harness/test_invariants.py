@@ -1,0 +1,149 @@
+"""The invariant checkers against deliberately broken emulators: each breakage is caught and named, and the
+same scenario with the emulator intact passes (the plugin checks every test's invariants afterwards).
+
+The breakages are test-only patches of the emulator's public classes, made here, never in its code."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+import cloud.routes_config
+from device_emulator import uploader
+from device_emulator.firmware import Firmware
+from device_emulator.packet_queue import PacketQueue
+from harness.conservation import Accepted, DeviceEvent, Read, StoredPacket, StoredSample, reconcile
+
+BATCH_SECONDS = 14.0  # 7 polls of 2 s: the reads that make one packet
+
+
+@pytest.mark.hil(upload=60)
+async def test_a_silently_dropped_packet_fails_conservation_naming_its_samples(
+        hil_stack: Any, hil_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    dropped_at: list[float] = []
+    every = itertools.count(1)
+    keep = PacketQueue.put
+
+    def leaky_put(queue: PacketQueue, packet: Any) -> bool:
+        if next(every) % 4 == 0:  # the breakage: every 4th packet vanishes, no event, no counter
+            dropped_at.append(hil_clock.now())
+            return True
+        return keep(queue, packet)
+
+    monkeypatch.setattr(PacketQueue, "put", leaky_put)
+    await hil_clock.advance(minutes=6)
+
+    violations = await hil_stack.invariants.check()
+    hil_stack.invariants.skip("conservation", "broken on purpose")
+
+    ledger = [r for r in await hil_stack.sims[hil_stack.dut.device_id].ledger() if r.operation == "read"]
+    expected = {r.seq for t in dropped_at for r in ledger if t - BATCH_SECONDS < r.time <= t}
+    account = hil_stack.invariants.accounting[hil_stack.dut.device_id]
+    assert dropped_at and len(expected) == 7 * len(dropped_at)
+    assert {s.read.seq for s in account.missing} == expected
+    [violation] = [v for v in violations if v.checker == "conservation"]
+    assert f"{len(expected)} of {account.accepted} samples the device accepted are not in the cloud" in violation.message
+    first = min(expected)
+    assert any(line.startswith(f"seq {first} at t=") and "Vac1=" in line for line in violation.evidence)
+
+
+@pytest.mark.hil(upload=60)
+async def test_the_same_run_without_the_breakage_accounts_for_every_sample(hil_stack: Any, hil_clock: Any) -> None:
+    await hil_clock.advance(minutes=6)
+    assert await hil_stack.invariants.check() == []
+    account = hil_stack.invariants.accounting[hil_stack.dut.device_id]
+    assert account.matched > 0 and not account.missing
+    assert account.matched + sum(account.explained.values()) == account.accepted
+
+
+@pytest.mark.hil(upload=30)
+async def test_a_reused_nonce_is_caught(hil_stack: Any, hil_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uploader, "advance_nonce", lambda store: 20_000)  # never moves on
+    await hil_clock.advance(minutes=3)
+    violations = [v for v in await hil_stack.invariants.check() if v.checker == "nonces"]
+    hil_stack.invariants.skip("nonces", "broken on purpose")
+    hil_stack.invariants.skip("conservation", "the cloud refuses the replays, so the data waits")
+    assert violations and "used a nonce again" in violations[0].message
+    assert "nonce 20000" in violations[0].evidence[0]
+
+
+@pytest.mark.hil(upload=60)
+async def test_a_configuration_acknowledged_but_not_applied_is_caught(
+        hil_stack: Any, hil_clock: Any, hil_cloud: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Firmware, "apply_settings", lambda self, settings: None)  # acks, never applies
+    device_id = hil_stack.dut.device_id
+    await hil_cloud.set_config(device_id, upload=120)
+    await hil_clock.advance(minutes=3)
+    [newest] = (await hil_cloud.config_history(device_id))[:1]
+    assert newest["status"] == "acknowledged" and newest["outcome"] == "accepted"
+    violations = [v for v in await hil_stack.invariants.check() if v.checker == "config"]
+    hil_stack.invariants.skip("config", "broken on purpose")
+    assert violations and "upload_interval: cloud has 120.0, device runs 60.0" in violations[0].evidence
+
+
+@pytest.mark.hil(upload=60)
+async def test_an_applied_configuration_passes(hil_stack: Any, hil_clock: Any, hil_cloud: Any) -> None:
+    device_id = hil_stack.dut.device_id
+    await hil_cloud.set_config(device_id, upload=120, registers=["Vac1", "Pac"])
+    await hil_clock.advance(minutes=4)
+    firmware = hil_stack.dut.device.firmware
+    assert firmware.timers["upload"].period == 120 and sorted(firmware.acquisition.selection) == [0, 9]
+    assert [v for v in await hil_stack.invariants.check() if v.checker == "config"] == []
+
+
+@pytest.fixture
+def failing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cloud whose configuration route has a bug: every device poll of /changes is a 500."""
+
+    async def broken(request: Any) -> Any:
+        raise RuntimeError("a bug in the cloud")
+
+    monkeypatch.setattr(cloud.routes_config, "changes", broken)
+
+
+@pytest.mark.hil(upload=60)
+async def test_a_5xx_nobody_injected_is_caught(failing_changes: None, hil_stack: Any, hil_clock: Any) -> None:
+    await hil_clock.advance(seconds=30)
+    violations = [v for v in await hil_stack.invariants.check() if v.checker == "no_5xx"]
+    hil_stack.invariants.skip("no_5xx", "broken on purpose")
+    assert violations and "0 of them injected" in violations[0].message
+
+
+@pytest.mark.hil(upload=60)
+async def test_injected_5xx_are_allowed(hil_stack: Any, hil_clock: Any, hil_faults: Any) -> None:
+    await hil_faults.cloud("http_503", probability=1.0, paths=["/changes"])
+    await hil_clock.advance(seconds=30)
+    await hil_faults.cloud_clear()
+    assert await hil_stack.invariants.count_5xx() > 0
+    assert [v for v in await hil_stack.invariants.check() if v.checker == "no_5xx"] == []
+
+
+def _reads(count: int) -> list[Read]:
+    return [Read(n, 2.0 * n, 2.0 * n, 0, 1, (100 + n,), "ok") for n in range(1, count + 1)]
+
+
+def _packet(reads: list[Read], ts: int) -> StoredPacket:
+    return StoredPacket((0, ts), "decoded", "0x01", "", [StoredSample(k, (0,), r.values) for k, r in enumerate(reads)])
+
+
+def test_batches_lost_with_the_ram_at_a_reboot_are_explained_but_a_gap_before_is_not() -> None:
+    reads = _reads(35)
+    # Boot 0 accepted reads 1-28 (4 batches); the cloud has batches 1 and 3; the device rebooted at t=57.
+    accepted = [Accepted(r.time, 0 if r.seq <= 28 else 1, (0,), 0, r.values) for r in reads]
+    events = [DeviceEvent(0.0, "boot", {"reason": "power-on"}), DeviceEvent(57.0, "boot", {"reason": "reset"})]
+    packets = [_packet(reads[0:7], 14), _packet(reads[14:21], 42)]
+    account = reconcile("d", reads, accepted, events, packets, [], [], in_ram=(0, 1))
+    assert [s.read.seq for s in account.missing if s.read] == list(range(8, 15))  # between two stored packets
+    assert account.explained == {"in RAM when the device restarted at t=57.0 s (reset)": 7,
+                                 "still on the device (queued)": 7}
+    assert account.matched == 14 and account.accepted == 35
+
+
+def test_a_packet_the_device_dropped_with_an_event_is_accounted_for() -> None:
+    reads = _reads(14)
+    accepted = [Accepted(r.time, 0, (0,), 0, r.values) for r in reads]
+    events = [DeviceEvent(0.0, "boot"), DeviceEvent(28.0, "queue_overflow")]
+    account = reconcile("d", reads, accepted, events, [_packet(reads[0:7], 14)], [], [], in_ram=(0, 0))
+    assert not account.missing and account.explained == {"queue full: packet dropped by the device": 7}
