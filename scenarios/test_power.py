@@ -45,3 +45,4 @@ async def test_power_management_cuts_the_average_current(hil_stack, hil_clock, h
     hil_measure("always_on_average_current", always_on, "mA")
     hil_measure("charge_per_day", managed * 24, "mAh")
     hil_measure("current_saved_by_power_management", 1 - managed / always_on, "fraction", low=0.5)
+    assert managed < always_on, (managed, always_on)
