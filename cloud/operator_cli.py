@@ -168,8 +168,9 @@ def sample_lines(event: SseEvent, device_id: str | None) -> list[str]:
     device = payload.get("device_id") or data.get("device_id")
     if device_id is not None and device != device_id:
         return []
+    samples = payload.get("samples")
     lines = []
-    for sample in payload.get("samples") or []:
+    for sample in samples if isinstance(samples, list) else []:
         if not isinstance(sample, dict):
             continue
         name = sample.get("register") or f"reg{sample.get('address')}"

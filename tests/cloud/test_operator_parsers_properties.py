@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cloud import diagnostics, faults, remote_config
@@ -69,5 +69,6 @@ events = st.fixed_dictionaries({"kind": st.just("telemetry") | values,
 
 
 @given(st.none() | st.just("telemetry"), events)
+@example(None, {"kind": "telemetry", "data": {"samples": True, "received_at": None}, "device_id": None})
 def test_tail_lines_from_any_event(kind: str | None, data: object) -> None:
     assert all(isinstance(line, str) for line in sample_lines(SseEvent(kind, data), None))
