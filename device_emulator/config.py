@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from device_emulator.profiles import PROFILES, REFERENCE, SPEC, Profile, Timings
+from device_emulator.profiles import PROFILES, REFERENCE, SPEC, Profile, Quirks, Timings
 from protocol.envelope import PSK_SIZE, REFERENCE_PSK
 
 # The firmware's compiled-in pre-shared key (§4.4): one public key for the whole fleet.
@@ -62,6 +62,7 @@ class DeviceConfig:
     time_scale: float = 1.0  # device seconds per loop second
     api_key: str = ""  # Authorization value for the inverter's frame API
     timings: dict[str, Any] = field(default_factory=dict)  # Timings field -> value (device seconds)
+    quirks: dict[str, bool] = field(default_factory=dict)  # Quirks field -> switch, over the profile's
     seed: int | None = None  # jitter of the timer phases (fleets); None: no jitter
     durable: bool = True  # fsync NVS writes (off for big fleets on virtual time)
     firmware_keys: Path | None = None  # AES key + signer's public key the build has compiled in (§7.1)
@@ -82,6 +83,9 @@ class DeviceConfig:
         unknown = set(self.timings) - known
         if unknown:
             raise ValueError(f"unknown timing overrides {sorted(unknown)} (known: {sorted(known)})")
+        unknown = set(self.quirks) - {f.name for f in dataclasses.fields(Quirks)}
+        if unknown:
+            raise ValueError(f"unknown quirks {sorted(unknown)}")
         for url in (self.cloud_url,) + ((self.inverter_url,) if self.transport.kind != TRANSPORT_RTU else ()):
             parts = urlsplit(url)
             if not parts.scheme or not parts.hostname:
@@ -94,4 +98,6 @@ class DeviceConfig:
     def profile_for(self, name: str) -> Profile:
         """The profile `name` (from the booted image) with this device's timing overrides."""
         base = PROFILES[name]
+        if self.quirks:
+            base = dataclasses.replace(base, quirks=dataclasses.replace(base.quirks, **self.quirks))
         return base.with_timings(**self.timings) if self.timings else base

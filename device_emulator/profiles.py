@@ -82,13 +82,22 @@ class Quirks:
     ota_no_boot_confirmation: bool = True
     """§7.3 step 9, §11.2.13: the new image is never self-tested and marked valid, so it is never rolled back."""
 
+    # --- harness self-test: not a defect of firmware 1.0.4, off in every profile ---
+    drop_every_third_upload: bool = False
+    """harness self-test, no firmware section: every third upload is reported sent but never reaches the cloud, so the conservation checker has something to catch."""
+
     @classmethod
     def none(cls) -> Quirks:
-        """Every defect fixed."""
+        """Every defect fixed (and no harness self-test breakage)."""
         return cls(**{f.name: False for f in dataclasses.fields(cls)})
 
     def enabled(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name)]
+
+
+# Switches that break the emulator on purpose so the harness can show its checkers catch it; they model no
+# firmware and are off in every profile.
+SELF_TEST_QUIRKS: tuple[str, ...] = ("drop_every_third_upload",)
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,7 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    REFERENCE: Profile(REFERENCE, Quirks()),
+    REFERENCE: Profile(REFERENCE, Quirks()),  # drop_every_third_upload defaults to off
     SPEC: Profile(
         SPEC,
         Quirks.none(),

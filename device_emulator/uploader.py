@@ -64,6 +64,7 @@ class Uploader:
         self.quirks = ctx.profile.quirks
         self.on_result = on_result
         self.last: UploadResult | None = None
+        self.attempts = 0
 
     async def upload(self) -> UploadResult | None:
         """One upload tick; None when the queue is empty (nothing sent, no nonce used)."""
@@ -76,7 +77,11 @@ class Uploader:
         nonce = advance_nonce(self.ctx.nvs)  # durable before the envelope exists (§4.5)
         self.ctx.point(POINT_NONCE_SAVED)
         body = build_envelope(self.key, nonce, document)
-        status = await self._post(body)
+        self.attempts += 1
+        if self.quirks.drop_every_third_upload and self.attempts % 3 == 0:
+            status: int | None = 200  # the harness's self-test: "sent", but the cloud never sees it
+        else:
+            status = await self._post(body)
         ok = status is not None and (
             status == 200 if self.quirks.only_200_is_success else 200 <= status < 300
         )

@@ -92,6 +92,7 @@ class StackOptions:
     inverter_port: int = 0  # where the DUT finds its simulator (its proxy)
     durable: bool = False  # fsync every NVS write (only a real power loss needs it)
     open_operator_api: bool = False
+    quirks: Mapping[str, bool] = field(default_factory=dict)  # emulator quirk switches over the profile's
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -606,7 +607,7 @@ class Stack:
             device_id=device_id, key=key, profile=options.profile, version=options.firmware_version,
             time_scale=self.clock.time_scale, api_key=self.api_keys[device_id],
             timings=options.timing_overrides(), seed=None if options.devices == 1 else options.seed * 7919 + index,
-            durable=options.durable, firmware_keys=self.keys_dir,
+            durable=options.durable, firmware_keys=self.keys_dir, quirks=dict(options.quirks),
         )
         device = Device(config, wall_clock=self.clock.wall)
         return EmulatedDut(device, self._console(device_id, False), self.clock)

@@ -16,6 +16,7 @@ from device_emulator.power import ALWAYS_ON, POWER_MANAGED
 from device_emulator.profiles import (
     PROFILES,
     REFERENCE,
+    SELF_TEST_QUIRKS,
     SPEC,
     Quirks,
     _field_docs,
@@ -27,15 +28,18 @@ from protocol.upload_document import firmware_packet
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "quirks.md"
 
 
+# Every switch but the harness's self-test ones reproduces a defect of firmware 1.0.4.
+FIRMWARE_QUIRKS = [f.name for f in dataclasses.fields(Quirks) if f.name not in SELF_TEST_QUIRKS]
+
+
 def test_every_quirk_is_documented_with_its_spec_section() -> None:
     docs = _field_docs()
-    for field in dataclasses.fields(Quirks):
-        assert re.search(r"§\d+(\.\d+)*", docs[field.name]), field.name
+    for name in FIRMWARE_QUIRKS:
+        assert re.search(r"§\d+(\.\d+)*", docs[name]), name
 
 
 def test_reference_has_every_quirk_and_spec_none() -> None:
-    names = [f.name for f in dataclasses.fields(Quirks)]
-    assert PROFILES[REFERENCE].quirks.enabled() == names
+    assert PROFILES[REFERENCE].quirks.enabled() == FIRMWARE_QUIRKS
     assert PROFILES[SPEC].quirks.enabled() == []
 
 
@@ -58,7 +62,8 @@ def test_quirk_table_lists_every_switch_and_docs_are_current() -> None:
     table = quirk_table()
     rows = [line for line in table.splitlines()[2:]]
     assert len(rows) == len(dataclasses.fields(Quirks))
-    assert all(row.endswith("| on | off |") for row in rows)
+    firmware = [row for row in rows if not any(f"`{name}`" in row for name in SELF_TEST_QUIRKS)]
+    assert len(firmware) == len(FIRMWARE_QUIRKS) and all(row.endswith("| on | off |") for row in firmware)
     assert DOCS.read_text() == quirks_document(), "regenerate: ecowatt device quirks > docs/quirks.md"
 
 

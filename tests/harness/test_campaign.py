@@ -156,24 +156,9 @@ def test_a_campaign_on_spec_has_zero_violations(tmp_path: Path) -> None:
     assert (again.schedule, again.verdicts, again.device_time) == (first.schedule, first.verdicts, first.device_time)
 
 
-def _conservation_quirk() -> tuple[str, object] | None:
-    """The deliberately broken emulator switch (added by the harness issue), if this tree has it."""
-    from device_emulator.profiles import Quirks
-    from harness.stack import StackOptions
-
-    if "quirks" not in {f.name for f in dataclasses.fields(StackOptions)}:
-        return None
-    for field in dataclasses.fields(Quirks):
-        if field.name.startswith("drop_every_nth"):
-            return field.name, 3
-    return None
-
-
 def test_a_broken_emulator_is_caught_shrunk_and_replayed(tmp_path: Path) -> None:
-    quirk = _conservation_quirk()
-    if quirk is None:
-        pytest.skip("needs the conservation-breaking test quirk (StackOptions.quirks, Quirks.drop_every_nth_*)")
-    name, value = quirk
+    # The emulator's deliberately broken switch: every third upload "sent" but never delivered.
+    name, value = "drop_every_third_upload", "true"
     scenario = tmp_path / "broken.yaml"
     scenario.write_text(Path(CAMPAIGN_DAY).read_text().replace(
         "stack: {upload: 60, poll: 5}", f"stack: {{upload: 60, poll: 5, quirks: {{{name}: {value}}}}}"))
