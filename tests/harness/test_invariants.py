@@ -1,11 +1,11 @@
 """The invariant checkers against deliberately broken emulators: each breakage is caught and named, and the
 same scenario with the emulator intact passes (the plugin checks every test's invariants afterwards).
 
-The breakages are test-only patches of the emulator's public classes, made here, never in its code."""
+Conservation is broken by the emulator's own self-test switch (`drop_every_third_upload`); the other
+breakages are patches of the emulator's classes made here, for the test only."""
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
@@ -13,40 +13,27 @@ import pytest
 import cloud.routes_config
 from device_emulator import uploader
 from device_emulator.firmware import Firmware
-from device_emulator.packet_queue import PacketQueue
 from harness.conservation import Accepted, DeviceEvent, Read, StoredPacket, StoredSample, reconcile
 
-BATCH_SECONDS = 14.0  # 7 polls of 2 s: the reads that make one packet
 
-
-@pytest.mark.hil(upload=60)
-async def test_a_silently_dropped_packet_fails_conservation_naming_its_samples(
-        hil_stack: Any, hil_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    dropped_at: list[float] = []
-    every = itertools.count(1)
-    keep = PacketQueue.put
-
-    def leaky_put(queue: PacketQueue, packet: Any) -> bool:
-        if next(every) % 4 == 0:  # the breakage: every 4th packet vanishes, no event, no counter
-            dropped_at.append(hil_clock.now())
-            return True
-        return keep(queue, packet)
-
-    monkeypatch.setattr(PacketQueue, "put", leaky_put)
+@pytest.mark.hil(upload=60, quirks={"drop_every_third_upload": True})
+async def test_a_broken_emulator_that_loses_uploads_fails_conservation_naming_the_samples(
+        hil_stack: Any, hil_clock: Any, hil_cloud: Any) -> None:
     await hil_clock.advance(minutes=6)
-
     violations = await hil_stack.invariants.check()
     hil_stack.invariants.skip("conservation", "broken on purpose")
 
-    ledger = [r for r in await hil_stack.sims[hil_stack.dut.device_id].ledger() if r.operation == "read"]
-    expected = {r.seq for t in dropped_at for r in ledger if t - BATCH_SECONDS < r.time <= t}
-    account = hil_stack.invariants.accounting[hil_stack.dut.device_id]
-    assert dropped_at and len(expected) == 7 * len(dropped_at)
-    assert {s.read.seq for s in account.missing} == expected
+    device_id = hil_stack.dut.device_id
+    stored = {u["nonce"] for u in await hil_cloud.uploads(device_id)}
+    lost = [e.details for e in hil_stack.dut.events() if e.kind.label == "upload_ok" and e.details["nonce"] not in stored]
+    account = hil_stack.invariants.accounting[device_id]
+    assert lost and len(account.missing) == 7 * sum(upload["packets"] for upload in lost)
+    seqs = sorted(s.read.seq for s in account.missing)
+    batches = [seqs[i : i + 7] for i in range(0, len(seqs), 7)]
+    assert all(batch[-1] - batch[0] == 6 for batch in batches)  # whole packets: 7 consecutive reads
     [violation] = [v for v in violations if v.checker == "conservation"]
-    assert f"{len(expected)} of {account.accepted} samples the device accepted are not in the cloud" in violation.message
-    first = min(expected)
-    assert any(line.startswith(f"seq {first} at t=") and "Vac1=" in line for line in violation.evidence)
+    assert f"{len(seqs)} of {account.accepted} samples the device accepted are not in the cloud" in violation.message
+    assert violation.evidence[0].startswith(f"seq {seqs[0]} at t=") and "Vac1=" in violation.evidence[0]
 
 
 @pytest.mark.hil(upload=60)

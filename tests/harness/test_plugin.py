@@ -72,22 +72,15 @@ def test_hil_tests_run_on_virtual_time_and_others_on_the_ordinary_loop(suite: py
 
 
 BROKEN = """
-import itertools
 import pytest
-from device_emulator.packet_queue import PacketQueue
 
-@pytest.fixture
-def leaky(monkeypatch):
-    every, keep = itertools.count(1), PacketQueue.put
-    monkeypatch.setattr(PacketQueue, "put", lambda q, p: True if next(every) % 3 == 0 else keep(q, p))
-
-@pytest.mark.hil(upload=30)
-async def test_loses_a_packet(leaky, hil_clock):
+@pytest.mark.hil(upload=30, quirks={"drop_every_third_upload": True})
+async def test_loses_uploads(hil_clock):
     await hil_clock.advance(minutes=2)
 
-@pytest.mark.hil(upload=30)
-@pytest.mark.xfail(strict=True, reason="known defect: loses packets")
-async def test_known_defect(leaky, hil_clock):
+@pytest.mark.hil(upload=30, quirks={"drop_every_third_upload": True})
+@pytest.mark.xfail(strict=True, reason="known defect: loses uploads")
+async def test_known_defect(hil_clock):
     await hil_clock.advance(minutes=2)
 """
 
