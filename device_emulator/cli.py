@@ -39,7 +39,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "--device-id", default=DEFAULT_DEVICE_ID, help=f"device id (default {DEFAULT_DEVICE_ID})"
     )
     run.add_argument(
-        "--key", type=_key, default=FLEET_KEY, help="upload PSK, 64 hex digits (default: fleet key)"
+        "--key", type=parse_key, default=FLEET_KEY, help="upload PSK, 64 hex digits (default: fleet key)"
     )
     run.add_argument(
         "--state-dir", type=Path, default=None, help="flash and NVS live here (default: new temp dir)"
@@ -181,7 +181,8 @@ async def _run(
     return 1 if crashed else 0
 
 
-def _key(text: str) -> bytes:
+def parse_key(text: str) -> bytes:
+    """A 32-byte pre-shared key given as hex on the command line (also used by `ecowatt provision`)."""
     try:
         key = bytes.fromhex(text)
     except ValueError:

@@ -37,6 +37,7 @@ import serial
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from device_emulator.cli import parse_key
 from harness.flashing import (
     AFTER_CHOICES,
     BEFORE_CHOICES,
@@ -48,7 +49,6 @@ from harness.flashing import (
     ProgressHook,
     flash_image,
 )
-from protocol.envelope import PSK_SIZE
 from protocol.errors import EcoWattError
 from protocol.esp_image import FIRMWARE_PROFILES, build_firmware_image, firmware_identity
 
@@ -78,7 +78,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     provision.add_argument("--cloud", required=True, help="cloud base URL, e.g. http://192.168.1.10:5001")
     provision.add_argument("--inverter", required=True, help="inverter URL, e.g. http://192.168.1.20:8080")
     provision.add_argument("--device-id", required=True, help="the id the board uploads as")
-    provision.add_argument("--key", required=True, type=_key, help="its upload key, 64 hex digits")
+    provision.add_argument("--key", required=True, type=parse_key, help="its upload key, 64 hex digits")
     _esptool_options(provision)
     provision.set_defaults(func=provision_command)
 
@@ -268,16 +268,6 @@ def _baud(text: str) -> int:
     if not 9600 <= value <= 5_000_000:
         raise argparse.ArgumentTypeError("baud rate must be between 9600 and 5000000")
     return value
-
-
-def _key(text: str) -> bytes:
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("the key is hex") from None
-    if len(key) != PSK_SIZE:
-        raise argparse.ArgumentTypeError(f"the key is {PSK_SIZE} bytes ({2 * PSK_SIZE} hex digits)")
-    return key
 
 
 def _version(text: str) -> str:
