@@ -227,7 +227,7 @@ def create_app(settings: CloudSettings, storage: Storage, *, wall_clock: Callabl
     app[CLOCK] = clock
     app[KEYS] = keys or KeyRegistry(settings.keys_dir, storage, clock)
     app[EVENTS] = events or EventBus(wall_clock)
-    app[INGEST] = Ingestor(storage, app[KEYS], app[EVENTS], wall_clock)
+    app[INGEST] = Ingestor(storage, app[KEYS], app[EVENTS], wall_clock, outbox=settings.mqtt_url is not None)
     if settings.open_operator_api:
         log.warning("operator API is OPEN: operator routes accept requests without a bearer token (lab use only)")
 

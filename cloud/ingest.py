@@ -40,7 +40,7 @@ from cloud.storage import (
     Storage,
     Verdict,
 )
-from cloud.telemetry_messages import RenderedPacket, new_packets, outbox_messages, render_packet
+from cloud.telemetry_messages import RenderedPacket, new_packets, outbox_messages, render_packet, telemetry_payload
 from cloud.upload_decoder import DeviceMirror, decode_with_mirror, read_seed_upload, signed_device_id
 from protocol.envelope import OpenedEnvelope, parse_envelope, verify_envelope
 from protocol.errors import AuthenticationError, DocumentError, EcoWattError, EnvelopeError, ReplayError
@@ -83,7 +83,6 @@ class _Decoding:
     decoded: DecodedUpload | None = None
     rendered: list[RenderedPacket] | None = None  # parallel to decoded.packets
     mirror: DeviceMirror | None = None  # the device's mirror after these packets
-    outbox_payload: str | None = None  # the telemetry payload, reused for the event
 
 
 @dataclass
@@ -122,11 +121,14 @@ class Ingestor:
     """The secured-upload service behind `/process`, `/aggregated/<id>` and `/security/validate/<id>`."""
 
     def __init__(self, storage: Storage, keys: KeyRegistry, events: EventBus,
-                 wall_clock: Callable[[], float]) -> None:
+                 wall_clock: Callable[[], float], *, outbox: bool = False) -> None:
         self.storage = storage
         self.keys = keys
         self.events = events
         self.wall_clock = wall_clock
+        # MQTT messages go into the outbox only when this process publishes them (`--mqtt`): without a
+        # publisher they would pile up unread, and rendering them is most of an ingest's CPU time.
+        self.outbox = outbox
         # Refusals that name no known device are not stored (anyone could fill the table); counted here.
         self.unattributed_rejections = 0
         self.mirrors = MirrorCache()
@@ -196,10 +198,9 @@ class Ingestor:
             return decoding.decoded
 
         def outbox(result: IngestResult) -> list[OutboxMessage]:
-            rendered = new_packets(decoding.rendered or [], result) if decoding.rendered else []
-            messages = outbox_messages(device_id, result, rendered, received_at)
-            decoding.outbox_payload = messages[0].payload if messages else None
-            return messages
+            if not self.outbox or not decoding.rendered:
+                return []
+            return outbox_messages(device_id, result, new_packets(decoding.rendered, result), received_at)
 
         request = IngestRequest(
             device_id=device_id, nonce=authentic.nonce, envelope_sha256=authentic.envelope_sha256,
@@ -212,12 +213,18 @@ class Ingestor:
             "packets": len(result.packets), "new_packets": result.new_packets, "samples": result.samples_stored})
         if result.verdict in (Verdict.REPLAY, Verdict.RESEND):
             raise ReplayError(REPLAYED, result.nonce)
-        if result.verdict is Verdict.ACCEPTED and decoding.outbox_payload is not None and self.events.subscriber_count:
-            self.events.publish("telemetry", device_id, json.loads(decoding.outbox_payload))
+        fresh = new_packets(decoding.rendered, result) if decoding.rendered else []
+        if result.verdict is Verdict.ACCEPTED and fresh and self.events.subscriber_count:
+            self.events.publish("telemetry", device_id,
+                                json.loads(telemetry_payload(device_id, result, fresh, received_at)))
         assert result.reply is not None
         return result, IngestReply(200, result.reply, str(result.verdict), device_id, result.upload_id)
 
     # --- the three routes ---
+
+    def _rendering(self) -> bool:
+        """Whether anyone will read the rendered telemetry: the outbox, or a live event subscriber."""
+        return self.outbox or self.events.subscriber_count > 0
 
     def _predict(self, device_id: str, document: UploadDocument | None, received_at: float) -> _Prediction | None:
         """Decode before the transaction with the mirror this process committed last, if it has one."""
@@ -226,7 +233,7 @@ class Ingestor:
             return None
         assumed, mirror = cached
         decoded = decode_with_mirror(document, mirror, received_at)
-        rendered = [render_packet(device_id, p, received_at) for p in decoded.packets]
+        rendered = [render_packet(device_id, p, received_at) for p in decoded.packets] if self._rendering() else []
         return _Prediction(assumed, decoded, rendered, mirror)
 
     async def process(self, body: bytes) -> IngestReply:
@@ -250,7 +257,8 @@ class Ingestor:
                 return
             mirror = DeviceMirror.load(state)
             decoding.decoded = decode_with_mirror(document, mirror, received_at, problem=problem)
-            decoding.rendered = [render_packet(device_id, p, received_at) for p in decoding.decoded.packets]
+            decoding.rendered = ([render_packet(device_id, p, received_at) for p in decoding.decoded.packets]
+                                 if self._rendering() else [])
             decoding.mirror = mirror
 
         def reply(result: IngestResult, decoding: _Decoding) -> dict[str, Any]:
