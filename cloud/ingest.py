@@ -40,7 +40,13 @@ from cloud.storage import (
     Storage,
     Verdict,
 )
-from cloud.telemetry_messages import RenderedPacket, new_packets, outbox_messages, render_packet, telemetry_payload
+from cloud.telemetry_messages import (
+    RenderedPacket,
+    new_packets,
+    outbox_messages,
+    render_packet,
+    telemetry_payload,
+)
 from cloud.upload_decoder import DeviceMirror, decode_with_mirror, read_seed_upload, signed_device_id
 from protocol.envelope import OpenedEnvelope, parse_envelope, verify_envelope
 from protocol.errors import AuthenticationError, DocumentError, EcoWattError, EnvelopeError, ReplayError

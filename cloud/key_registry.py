@@ -134,7 +134,9 @@ class KeyFiles:
         return key
 
     def generate_operator_token(self, name: str = "operator") -> str:
-        token = secrets.token_urlsafe(32)
+        # Prefixed: a bare urlsafe token starts with "-" one time in 32, and `--token -x...` then reads
+        # as an option on any command line.
+        token = "ewt_" + secrets.token_urlsafe(32)
         hashes = _read_json(self.tokens_path)
         hashes[name] = token_sha256(token)
         _write_private(self.tokens_path, json.dumps(hashes, indent=2, sort_keys=True) + "\n")

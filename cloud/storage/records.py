@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 JsonObject = dict[str, Any]
 
@@ -58,8 +58,9 @@ class PacketStatus(StrEnum):
     AMBIGUOUS = "ambiguous"
 
 
-@dataclass(frozen=True)
-class SampleIn:
+class SampleIn(NamedTuple):
+    """One decoded value of a packet (a named tuple: an upload makes dozens, on the ingest hot path)."""
+
     index: int  # sample number inside its packet
     address: int  # register address
     raw: int

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from functools import lru_cache
 
 from protocol.compression.batch import Batch, check_layout
 from protocol.compression.decoded import Decoded, DecodeStatus, Encoded, PacketFormat
@@ -86,14 +87,23 @@ def _parse_tokens(body: bytes) -> list[tuple[int, ...]]:
     return tokens
 
 
+@lru_cache(maxsize=256)
+def _mask_bits(count: int) -> tuple[int, tuple[int, ...]]:
+    """Every mask bit a batch of `count` values can set, and the bit of each position (computed once:
+    this runs for every dictionary packet a cloud decodes)."""
+    bits = tuple(mask_bit(position) for position in range(count))
+    reachable = 0
+    for bit in bits:
+        reachable |= bit
+    return reachable, bits
+
+
 def token_positions(mask: int, count: int, tokens: int) -> list[int] | None:
     """The positions carrying the tokens, None when the mask cannot tell; CodecError if inconsistent."""
-    reachable = 0
-    for position in range(count):
-        reachable |= mask_bit(position)
+    reachable, bits = _mask_bits(count)
     if mask & ~reachable:
         raise CodecError("mask bit for a position outside the batch", mask)
-    candidates = [p for p in range(count) if not mask_bit(p) or mask & mask_bit(p)]
+    candidates = [p for p, bit in enumerate(bits) if not bit or mask & bit]
     if not mask.bit_count() <= tokens <= len(candidates):
         raise CodecError(f"{tokens} tokens do not fit mask {mask:#06x} of {count} values", tokens)
     return candidates if tokens == len(candidates) else None
@@ -126,11 +136,14 @@ def decode_dictionary(packet: bytes, layout: Sequence[int], state: CodecState, c
     readings: dict[int, tuple[int, ...]] = {}
     bounds: dict[int, int | None] = {}
     for position, deltas in zip(positions, tokens, strict=True):
-        options = tuple((values[position] + d) & 0xFFFF for d in deltas)
-        values[position] = options[0]
-        if len(options) > 1:
-            readings[position] = options
-            bounds[position] = max(abs(o - options[0]) for o in options)
+        base = values[position]
+        if len(deltas) == 1:
+            values[position] = (base + deltas[0]) & 0xFFFF
+            continue
+        options = tuple([(base + d) & 0xFFFF for d in deltas])
+        first = values[position] = options[0]
+        readings[position] = options
+        bounds[position] = max([abs(o - first) for o in options])
     if pattern_errors:  # an entry the mirror learned from approximate values
         for position, reg in enumerate(registers):
             if pattern_errors[reg] != 0:

@@ -216,7 +216,9 @@ class CodecState:
                 size = len(self.patterns)  # the device may have learned from it: we cannot tell
                 self.doubtful_from = size if self.doubtful_from is None else min(self.doubtful_from, size)
             return
-        errors = [decoded.error(p) for p in range(len(decoded.values))]
+        errors: list[int | None] = [0] * len(decoded.values)
+        for position in decoded.uncertain:
+            errors[position] = decoded.bounds.get(position)
         self.temporal.record(regs, decoded.values, errors)
         if decoded.format is not PacketFormat.DICTIONARY:  # a 0xD0 batch matched: nothing learned
             self._learn_mirrored(Batch(decoded.values, regs), errors)
