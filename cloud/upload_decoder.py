@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud.storage import DecodedUpload, PacketIn, PacketStatus, SampleIn
+from cloud.storage import SAMPLE_ID_STRIDE, DecodedUpload, PacketIn, PacketStatus, SampleIn
 from protocol.compression import (
     BATCH_SAMPLES,
     CodecState,
@@ -339,6 +339,8 @@ def read_seed_upload(fields: JsonObject, nonce: int, received_at: float) -> Seed
         items = fields.array("aggregated_data")
         content = json.dumps(items, separators=(",", ":"), sort_keys=True).encode()
         samples, skipped = _aggregated_samples(items, received_at)
+        if len(samples) >= SAMPLE_ID_STRIDE:
+            raise DocumentError(f"aggregated_data holds {len(samples)} values; at most {SAMPLE_ID_STRIDE - 1}")
         reason = f"{skipped} of {len(items)} items name no register value" if skipped else None
         packet = PacketIn(SEED_BOOT, packet_ts, hashlib.sha256(content).hexdigest(), "AGGREGATED",
                           PacketStatus.DECODED if not skipped else PacketStatus.AMBIGUOUS, reason, samples)

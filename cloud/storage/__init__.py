@@ -19,6 +19,7 @@ from typing import Any
 
 from cloud.storage.postgres import PostgresBackend
 from cloud.storage.records import (
+    SAMPLE_ID_STRIDE,
     Command,
     CommandStatus,
     ConfigStatus,
@@ -79,6 +80,7 @@ __all__ = [
     "PacketIn",
     "PacketStats",
     "PacketStatus",
+    "SAMPLE_ID_STRIDE",
     "Rollout",
     "RolloutState",
     "RolloutTarget",

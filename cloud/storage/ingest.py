@@ -14,12 +14,14 @@ advance to a given nonce. On SQLite the single writer runs them one after the ot
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 
 from cloud.storage.backend import Row, StorePart, Transaction
 from cloud.storage.devices import ensure_device
 from cloud.storage.outbox import insert_messages
 from cloud.storage.records import (
+    SAMPLE_ID_STRIDE,
     IngestRequest,
     IngestResult,
     NonceState,
@@ -38,12 +40,8 @@ _UPLOAD = ("id, device_id, nonce, verdict, reason, packets, new_packets, samples
 _PACKET = ("id, device_id, boot_id, packet_ts, content_sha256, codec, status, reason, sample_count, raw_hex, "
            "upload_id, received_at")
 _NONCE = "device_id, last_nonce, last_envelope_sha256, last_upload_id, updated_at"
-_SAMPLE = ("s.id, s.device_id, s.packet_id, s.sample_index, s.address, s.raw, s.device_ms, s.sampled_at, "
-           "s.received_at, p.boot_id, p.packet_ts, p.codec, p.status")
-_SAMPLE_INSERT = (
-    "INSERT INTO samples (device_id, packet_id, sample_index, address, raw, device_ms, sampled_at, received_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_TELEMETRY_PACKET = "id, device_id, boot_id, packet_ts, codec, status, received_at, sample_rows"
+_TELEMETRY_BATCH = 200  # packets read per query while collecting a page of samples
 
 
 def _upload(row: Row) -> Upload:
@@ -62,10 +60,14 @@ def _nonce(row: Row) -> NonceState:
                       row["updated_at"])
 
 
-def _sample(row: Row) -> TelemetrySample:
-    return TelemetrySample(row["id"], row["device_id"], row["packet_id"], row["sample_index"], row["address"],
-                           row["raw"], row["device_ms"], row["sampled_at"], row["received_at"], row["boot_id"],
-                           row["packet_ts"], row["codec"], PacketStatus(row["status"]))
+def _samples_of(row: Row) -> list[TelemetrySample]:
+    """The samples stored in one packet row, with their ids."""
+    packet_id = row["id"]
+    status = PacketStatus(row["status"])
+    return [TelemetrySample(packet_id * SAMPLE_ID_STRIDE + k, row["device_id"], packet_id, index, address, raw,
+                            device_ms, sampled_at, row["received_at"], row["boot_id"], row["packet_ts"],
+                            row["codec"], status)
+            for k, (index, address, raw, device_ms, sampled_at) in enumerate(json.loads(row["sample_rows"]))]
 
 
 async def _insert_upload(tx: Transaction, device_id: str, nonce: int | None, verdict: str, reason: str | None,
@@ -99,12 +101,19 @@ async def _store_packets(tx: Transaction, request: IngestRequest, packets: Seque
     samples = 0
     for packet in packets:
         key = (request.device_id, packet.boot_id, packet.packet_ts, packet.content_sha256)
+        if len(packet.samples) >= SAMPLE_ID_STRIDE:
+            raise ValueError(f"a packet of {len(packet.samples)} samples: the decoders make fewer")
+        rows = [(s.index, s.address, s.raw, s.device_ms, now if s.sampled_at is None else s.sampled_at)
+                for s in packet.samples]
+        times = [r[4] for r in rows]
         packet_id = await tx.fetchval(
             "INSERT INTO packets (device_id, boot_id, packet_ts, content_sha256, codec, status, reason, sample_count, "
-            "raw_hex, upload_id, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "raw_hex, upload_id, received_at, sample_rows, sampled_from, sampled_until) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id, boot_id, packet_ts, content_sha256) DO NOTHING RETURNING id",
-            *key, packet.codec, str(packet.status), packet.reason, len(packet.samples), packet.raw_hex, upload_id,
-            now,
+            *key, packet.codec, str(packet.status), packet.reason, len(rows), packet.raw_hex, upload_id, now,
+            json.dumps(rows, separators=(",", ":")) if rows else None, min(times, default=None),
+            max(times, default=None),
         )
         if packet_id is None:  # stored before: a re-send after a lost acknowledgement
             existing = await tx.fetchrow(
@@ -114,13 +123,7 @@ async def _store_packets(tx: Transaction, request: IngestRequest, packets: Seque
             assert existing is not None
             stored.append(StoredPacket(existing["id"], False, PacketStatus(existing["status"])))
             continue
-        if packet.samples:
-            await tx.executemany(_SAMPLE_INSERT, [
-                (request.device_id, packet_id, s.index, s.address, s.raw, s.device_ms,
-                 now if s.sampled_at is None else s.sampled_at, now)
-                for s in packet.samples
-            ])
-            samples += len(packet.samples)
+        samples += len(rows)
         stored.append(StoredPacket(packet_id, True, PacketStatus(packet.status)))
     return stored, samples
 
@@ -202,19 +205,30 @@ class IngestStore(StorePart):
     async def telemetry(self, device_id: str, *, since: float | None = None, until: float | None = None,
                         after_id: int = 0, limit: int = 1000) -> list[TelemetrySample]:
         """Stored samples in storage order (ids ascend), optionally within [since, until) of sampled_at."""
-        conditions, args = ["s.device_id = ?", "s.id > ?"], [device_id, after_id]
+        conditions, args = ["device_id = ?", "sample_rows IS NOT NULL"], [device_id]
         if since is not None:
-            conditions.append("s.sampled_at >= ?")
+            conditions.append("sampled_until >= ?")
             args.append(since)
         if until is not None:
-            conditions.append("s.sampled_at < ?")
+            conditions.append("sampled_from < ?")
             args.append(until)
-        return await self._all(
-            _sample,
-            f"SELECT {_SAMPLE} FROM samples s JOIN packets p ON p.id = s.packet_id "
-            f"WHERE {' AND '.join(conditions)} ORDER BY s.id LIMIT ?",
-            *args, limit,
-        )
+        where = " AND ".join(conditions)
+
+        async def work(tx: Transaction) -> list[TelemetrySample]:
+            found: list[TelemetrySample] = []
+            next_packet = after_id // SAMPLE_ID_STRIDE
+            while len(found) < limit:
+                rows = await tx.fetch(f"SELECT {_TELEMETRY_PACKET} FROM packets WHERE {where} AND id >= ? "
+                                      "ORDER BY id LIMIT ?", *args, next_packet, _TELEMETRY_BATCH)
+                for row in rows:
+                    found += [s for s in _samples_of(row) if s.id > after_id
+                              and (since is None or s.sampled_at >= since) and (until is None or s.sampled_at < until)]
+                if len(rows) < _TELEMETRY_BATCH:
+                    break
+                next_packet = rows[-1]["id"] + 1
+            return found[:limit]
+
+        return await self._backend.read(work)
 
     async def packet_stats(self, device_id: str | None = None) -> list[PacketStats]:
         where, args = ("", []) if device_id is None else ("WHERE device_id = ?", [device_id])

@@ -58,6 +58,12 @@ class PacketStatus(StrEnum):
     AMBIGUOUS = "ambiguous"
 
 
+# A sample's id is its packet's id times this, plus its place in the packet: ids ascend in storage
+# order, so they work as cursors. A packet holds fewer values than this (70 from firmware, 255 from a
+# seed codec, a 256 KiB body's worth of aggregated values at most).
+SAMPLE_ID_STRIDE = 1 << 16
+
+
 class SampleIn(NamedTuple):
     """One decoded value of a packet (a named tuple: an upload makes dozens, on the ingest hot path)."""
 

@@ -17,7 +17,7 @@ from cloud.storage.outbox import OutboxStore
 from cloud.storage.schema import applied_versions, migrate
 
 # Tables whose row counts `counts()` reports (for /metrics and checks).
-COUNTED_TABLES = ("devices", "uploads", "packets", "samples", "commands", "config_versions", "firmware",
+COUNTED_TABLES = ("devices", "uploads", "packets", "commands", "config_versions", "firmware",
                   "ota_sessions", "ota_reports", "diagnostics", "fault_events", "outbox")
 
 
@@ -70,7 +70,9 @@ class Storage(DeviceStore, IngestStore, CommandStore, ConfigStore, OtaStore, Dia
         """Rows per table, from one snapshot."""
 
         async def work(tx: Transaction) -> dict[str, int]:
-            return {table: int(await tx.fetchval(f"SELECT COUNT(*) FROM {table}")) for table in COUNTED_TABLES}
+            counts = {table: int(await tx.fetchval(f"SELECT COUNT(*) FROM {table}")) for table in COUNTED_TABLES}
+            counts["samples"] = int(await tx.fetchval("SELECT COALESCE(SUM(sample_count), 0) FROM packets"))
+            return counts
 
         return await self._backend.read(work)
 

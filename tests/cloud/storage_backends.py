@@ -59,7 +59,9 @@ class StorageFactory:
             return self._scratch
         # children before parents: tables were created parents first
         tables = [re.match(r"\s*CREATE TABLE (\w+)", statement) for m in MIGRATIONS for statement in m.statements]
-        names = [t.group(1) for t in tables if t is not None]
+        dropped = {m.group(1) for m in (re.match(r"\s*DROP TABLE (\w+)", statement)
+                                        for migration in MIGRATIONS for statement in migration.statements) if m}
+        names = [t.group(1) for t in tables if t is not None and t.group(1) not in dropped]
         connection = await asyncpg.connect(self._scratch)
         try:
             await connection.execute("; ".join(f"DELETE FROM {name}" for name in reversed(names)))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cloud.storage import Verdict, open_storage
+from cloud.storage.dialect import POSTGRES, SQLITE
 from cloud.storage.schema import LATEST_VERSION, MIGRATIONS
 from tests.cloud.storage_backends import StorageFactory
 from tests.cloud.storage_uploads import upload
@@ -51,6 +52,41 @@ async def test_a_database_from_a_newer_program_is_refused(storage_factory: Stora
                                   LATEST_VERSION + 1, "from the future", 0.0)
     with pytest.raises(RuntimeError, match="newer than this program"):
         await open_storage(url)
+
+
+async def test_sample_rows_of_an_older_database_move_into_their_packets(storage_factory: StorageFactory) -> None:
+    """A database written before migration 5 (one row per sample) keeps every sample, values and order."""
+    url = await storage_factory.new_url()
+    dialect = SQLITE if storage_factory.backend == "sqlite" else POSTGRES
+    older = [m for m in MIGRATIONS if m.version <= 4]
+    for migration in older:
+        for statement in ("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT "
+                          "NOT NULL, applied_at ${REAL} NOT NULL)", *migration.statements):
+            await storage_factory.execute(url, dialect.ddl(statement))
+        await storage_factory.execute(url, "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                                      migration.version, migration.name, 0.0)
+    await storage_factory.execute(url, "INSERT INTO devices (device_id, created_at) VALUES ('old', 0)")
+    await storage_factory.execute(url, "INSERT INTO uploads (id, device_id, verdict, received_at) "
+                                  "VALUES (1, 'old', 'accepted', 5.0)")
+    for packet_id, packet_ts in ((1, 100), (2, 200)):
+        await storage_factory.execute(
+            url, "INSERT INTO packets (id, device_id, boot_id, packet_ts, content_sha256, codec, status, sample_count, "
+            "upload_id, received_at) VALUES (?, 'old', 0, ?, ?, 'DELTA', 'decoded', 3, 1, 5.0)",
+            packet_id, packet_ts, f"sha{packet_id}")
+        for index in range(3):  # stored out of address order: the order kept is the rows' order
+            await storage_factory.execute(
+                url, "INSERT INTO samples (device_id, packet_id, sample_index, address, raw, device_ms, sampled_at, "
+                "received_at) VALUES ('old', ?, ?, ?, ?, NULL, ?, 5.0)",
+                packet_id, index, 9 - index, 1000 * packet_id + index, 4.0 + packet_id)
+
+    async with open_storage(url) as storage:
+        assert await storage.schema_versions() == list(range(1, LATEST_VERSION + 1))
+        samples = await storage.telemetry("old")
+        assert [(s.packet_ts, s.sample_index, s.address, s.raw, s.sampled_at) for s in samples] == [
+            (100 * p, i, 9 - i, 1000 * p + i, 4.0 + p) for p in (1, 2) for i in range(3)]
+        assert [s.id for s in samples] == sorted({s.id for s in samples})
+        assert [s.packet_ts for s in await storage.telemetry("old", since=5.5)] == [200] * 3
+        assert (await storage.counts())["samples"] == 6
 
 
 def child_env() -> dict[str, str]:

@@ -206,3 +206,22 @@ async def test_upload_log_order(storage: Storage, newest_first: bool) -> None:
         await storage.ingest(upload(DEVICE, nonce))
     nonces = [u.nonce for u in await storage.list_uploads(DEVICE, newest_first=newest_first)]
     assert nonces == ([3, 2, 1] if newest_first else [1, 2, 3])
+
+
+async def test_telemetry_pages_cross_many_packets_and_skip_those_outside_the_window(
+        storage: Storage, clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cloud.storage.ingest._TELEMETRY_BATCH", 2)  # the packet-batch loop, on few packets
+    for nonce in range(1, 8):
+        await storage.ingest(upload(DEVICE, nonce, [FakePacket(0, nonce, bytes([nonce]))]))
+        clock.advance(60)
+    everything = await storage.telemetry(DEVICE, limit=10_000)
+    assert len(everything) == 7 * PER_PACKET
+    pages, after = [], 0
+    while page := await storage.telemetry(DEVICE, after_id=after, limit=PER_PACKET + 5):  # pages end mid-packet
+        pages += page
+        after = page[-1].id
+    assert pages == everything
+    start = clock.now - 7 * 60
+    window = await storage.telemetry(DEVICE, since=start + 2 * 60, until=start + 5 * 60, limit=10_000)
+    assert sorted({s.packet_ts for s in window}) == [3, 4, 5]
+    assert await storage.telemetry(DEVICE, since=start + 2 * 60, limit=PER_PACKET // 2) == window[:PER_PACKET // 2]
