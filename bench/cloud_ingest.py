@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -53,6 +54,12 @@ class Run:
     label: str
     seconds: float
     latencies: list[float]
+    cpu_seconds: float  # this process's CPU time (every thread: client, server, storage writer)
+
+    @property
+    def cpu_per_request_us(self) -> float:
+        """CPU per request: unlike the rate, barely moved by other load on the machine."""
+        return self.cpu_seconds / len(self.latencies) * 1e6
 
     @property
     def rate(self) -> float:
@@ -62,7 +69,8 @@ class Run:
         return statistics.quantiles(self.latencies, n=100)[q - 1] * 1000
 
     def line(self) -> str:
-        return f"{self.label:<28} {self.rate:8.0f} uploads/s   p50 {self.quantile(50):6.1f} ms   p99 {self.quantile(99):6.1f} ms"
+        return (f"{self.label:<28} {self.rate:8.0f} uploads/s   p50 {self.quantile(50):6.1f} ms   "
+                f"p99 {self.quantile(99):6.1f} ms   CPU {self.cpu_per_request_us:6.0f} us/request")
 
 
 async def drive(label: str, url: str, bodies: list[list[bytes]]) -> Run:
@@ -77,10 +85,15 @@ async def drive(label: str, url: str, bodies: list[list[bytes]]) -> Run:
                     assert response.status == 200, response.status
                 latencies.append(time.perf_counter() - started)
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         await asyncio.gather(*(device(stream) for stream in bodies))
         seconds = time.perf_counter() - started
-    return Run(label, seconds, latencies)
+    return Run(label, seconds, latencies, _cpu_seconds() - cpu)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def bare_server() -> tuple[web.AppRunner, str]:
@@ -128,11 +141,13 @@ def main(argv: list[str] | None = None) -> list[Result]:
     print(f"secured uploads, {args.devices} devices at once, SQLite WAL synchronous=FULL with group commit")
     print(bare.line())
     print(durable.line())
-    print(f"ratio durable/bare: {durable.rate / bare.rate:.2f} (target >= {TARGET})")
+    print(f"ratio durable/bare: {durable.rate / bare.rate:.2f} (target >= {TARGET}); "
+          f"CPU per request bare/durable: {bare.cpu_per_request_us / durable.cpu_per_request_us:.2f}")
     return [
         Result("cloud_ingest", "durable /process uploads/s", durable.rate, "1/s", bare.rate, TARGET),
         Result("cloud_ingest", "p50 latency", durable.quantile(50), "ms", bare.quantile(50)),
         Result("cloud_ingest", "p99 latency", durable.quantile(99), "ms", bare.quantile(99)),
+        Result("cloud_ingest", "CPU per upload", durable.cpu_per_request_us, "us", bare.cpu_per_request_us),
     ]
 
 
