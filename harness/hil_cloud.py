@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cloud.operator_client import OperatorClient, SseEvent, _refusal
+from cloud.operator_client import OperatorError as OperatorError  # what scenarios catch, re-exported
 from protocol.esp_image import build_firmware_image
 
 # Parts of a firmware upload: under the service's request body limit (256 KiB), with room for headers.

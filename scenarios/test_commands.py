@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from cloud.operator_client import OperatorError
-from protocol.registers import EXPORT_LIMIT_ADDRESS
+from harness.hil_cloud import OperatorError
+from harness.product import EXPORT_LIMIT_ADDRESS
 
 UPLOAD_S = 30
 COMMAND_POLL_S = 10  # the firmware's command poll (every 2nd configuration check)

@@ -9,25 +9,13 @@ Course: power-managed vs always-on average current (firmware-protocol.md §8.1; 
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from device_emulator.power import ALWAYS_ON, Activity
+from harness.energy import always_on_average_ma
 
 UPLOAD_S = 60
 POLL_S = 5
 WINDOW_H = 0.5
-
-
-def always_on_average_ma(report: Any, policy: Any) -> float:
-    """The report's activity priced with always-on currents (each state back to the activity that cost it)."""
-    activity_of = {policy.state_for(a): a for a in Activity}
-    if len(activity_of) < len(Activity):  # the policy spends several activities alike: already always-on
-        return float(report.average_ma)
-    charge = sum(seconds * ALWAYS_ON.state_for(activity_of.get(state, Activity.COMPUTE)).milliamps
-                 for state, seconds in report.seconds.items() if seconds)
-    return charge / report.elapsed_s
 
 
 @pytest.mark.hil(upload=UPLOAD_S, poll=POLL_S)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cloud.operator_client import OperatorError
+from harness.hil_cloud import OperatorError
 
 UPLOAD_S = 30
 NEW_POLL_S = 5

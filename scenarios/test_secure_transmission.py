@@ -8,27 +8,16 @@ Course: HMAC-SHA256 over nonce and payload, anti-replay (firmware-protocol.md §
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
 import aiohttp
 import pytest
 
-from protocol.envelope import build_envelope
+from harness.attacks import signed_upload, tampered
 
 UPLOAD_S = 30
 OTHER_KEY = bytes(range(32))  # a key no device has
-
-
-def tampered(envelope: bytes) -> bytes:
-    """The envelope with one byte of its signed document changed (nonce and MAC kept)."""
-    fields = json.loads(envelope)
-    document = bytearray(base64.b64decode(fields["payload"]))
-    position = document.index(b'"timestamp":') + len(b'"timestamp":')
-    document[position] = ord("9") if document[position] != ord("9") else ord("8")
-    fields["payload"] = base64.b64encode(bytes(document)).decode("ascii")
-    return json.dumps(fields, separators=(",", ":")).encode("utf-8")
 
 
 async def accepted_uploads(cloud: Any, device_id: str) -> list[dict[str, Any]]:
@@ -49,16 +38,16 @@ async def test_replayed_tampered_wrong_key_and_cross_device_uploads_are_refused(
     last = hil_stack.duts[device].device.firmware.uploader.last
     assert last is not None and last.ok
     key = hil_stack.options.key_for(device)
-    captured = build_envelope(key, last.nonce, last.document)  # byte for byte what the device sent
+    captured = signed_upload(key, last.nonce, last.document)  # byte for byte what the device sent
     fresh = last.nonce + 1_000_000  # far ahead: accepting it would lock the device out
     other_document = last.document.replace(device.encode(), other.encode())
     assert other_document != last.document
     attacks = {
         "replayed": ("/process", captured),
-        "tampered": ("/process", tampered(build_envelope(key, fresh, last.document))),
-        "wrong_key": ("/process", build_envelope(OTHER_KEY, fresh, last.document)),
-        "cross_device_signed": ("/process", build_envelope(key, fresh, other_document)),
-        "cross_device_url": (f"/security/validate/{other}", build_envelope(key, fresh, last.document)),
+        "tampered": ("/process", tampered(signed_upload(key, fresh, last.document))),
+        "wrong_key": ("/process", signed_upload(OTHER_KEY, fresh, last.document)),
+        "cross_device_signed": ("/process", signed_upload(key, fresh, other_document)),
+        "cross_device_url": (f"/security/validate/{other}", signed_upload(key, fresh, last.document)),
     }
     before = {d: len(await hil_cloud.telemetry(d)) for d in (device, other)}
     nonces = {d: (await hil_cloud.device(d))["last_nonce"] for d in (device, other)}

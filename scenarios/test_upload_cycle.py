@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.registers import DEFAULT_SELECTION
+from harness.product import BATCH_SAMPLES, DEFAULT_SELECTION
 
 UPLOAD_S = 900  # the course's cycle
 POLL_S = 45  # 20 samples a cycle: about three packets, what one upload document carries
@@ -30,8 +30,8 @@ async def test_uploads_arrive_on_the_cycle_and_are_compressed(hil_stack, hil_clo
     assert nonces == sorted(set(nonces)), f"nonces not strictly increasing: {nonces}"
 
     packets = await hil_cloud.packets(device_id)
-    # a packet is one batch: 7 samples of the selected registers, 16 bits each, before compression
-    raw_bytes = len(packets) * 7 * len(DEFAULT_SELECTION) * 2
+    # a packet is one batch: BATCH_SAMPLES samples of the selected registers, 16 bits each, before compression
+    raw_bytes = len(packets) * BATCH_SAMPLES * len(DEFAULT_SELECTION) * 2
     compressed_bytes = sum(len(p["raw_hex"]) // 2 for p in packets)
     hil_measure("compression_ratio", raw_bytes / compressed_bytes, "x", low=1.0)
     hil_measure("packets_per_upload", len(packets) / len(uploads), "packets")
