@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import time
 from collections import Counter
@@ -57,7 +58,7 @@ from device_emulator.event_log import EventKind, EventLog, Subscription, decode_
 from device_emulator.firmware import ComponentFactory, Firmware, default_components
 from device_emulator.flash import Flash, factory_program
 from device_emulator.inverter_link import HttpFrameLink, InverterLink, ModbusLink
-from device_emulator.nvs import DIAGNOSTICS_COUNTERS, NvsStore
+from device_emulator.nvs import DIAGNOSTICS_COUNTERS, FIRMWARE_KEYS, NvsStore
 from device_emulator.nvs_partition import Provisioned, provisioned, read_nvs_partition
 from device_emulator.ota_client import FirmwareKeys, SelfTest
 from device_emulator.packet_queue import PacketQueue
@@ -72,6 +73,7 @@ from protocol.partition_table import AppSubtype, DataSubtype, Partition, Partiti
 
 FLASH_FILE = "flash.bin"
 NVS_FILE = "nvs.log"
+NVS_PARTITION_DIGEST = "nvs_partition.sha256"  # the nvs partition's bytes the firmware NVS last took keys from
 PointHook = Callable[[str], None]
 # What the partition table listing of the ESP-IDF bootloader calls each kind of partition.
 _USAGE: dict[tuple[int, int], str] = {
@@ -442,6 +444,7 @@ class Device:
         inverter_url = found.inverter_url or self.config.inverter_url
         key = found.key or self.config.key
         nvs = NvsStore(self.state_dir / NVS_FILE, on_point=self._point, durable=self.config.durable)
+        self._adopt_flashed_nvs(flash, nvs)
         profile = self.config.profile_for(decision.identity.profile)
         self.nvs, self.boot_decision = nvs, decision
         self.profile, self.version = profile, decision.identity.version
@@ -548,6 +551,31 @@ class Device:
                 f"inverter {found.inverter_url or '-'}, key {'set' if found.key else '-'}",
             )
         return found
+
+    def _adopt_flashed_nvs(self, flash: Flash, nvs: NvsStore) -> None:
+        """On a board the nvs partition is the NVS: when esptool rewrote it since the last boot (a
+        provisioning with periods), the firmware keys it carries replace the ones the firmware kept, so
+        a remote configuration overrides them again until the next provisioning."""
+        try:
+            partition = flash.partition_table().find(PartitionType.DATA, DataSubtype.NVS)
+            raw = flash.read_partition(partition) if partition is not None else b""
+            contents = read_nvs_partition(raw) if raw else None
+        except (ImageError, NvsError):
+            return  # _read_provisioning said so already
+        seen = self.state_dir / NVS_PARTITION_DIGEST
+        digest = hashlib.sha256(raw).hexdigest()
+        if contents is None or (seen.is_file() and seen.read_text() == digest):
+            return
+        adopted = [key for key in FIRMWARE_KEYS
+                   if (entry := contents.namespaces.get(key.namespace, {}).get(key.key)) is not None
+                   and entry.type is key.type]
+        if adopted:
+            with nvs.transaction() as tx:
+                for key in adopted:
+                    tx.put(key, contents.namespaces[key.namespace][key.key].value)
+            self.console.log("nvs", "from the flashed NVS partition: " + ", ".join(
+                f"{key.namespace}/{key.key}" for key in adopted))
+        seen.write_text(digest)
 
     def _restore_counters(self, nvs: NvsStore) -> None:
         assert self.events is not None

@@ -1,13 +1,13 @@
 """`ecowatt flash | provision | monitor | firmware build`: the board path from the command line.
 
     ecowatt flash --port PORT IMAGE [--offset 0x10000] [--baud B]
-    ecowatt provision --port PORT --cloud URL --inverter URL --device-id ID --key HEX
+    ecowatt provision --port PORT --cloud URL --inverter URL --device-id ID --key HEX [--poll S] [--upload S]
     ecowatt monitor --port PORT
     ecowatt firmware build --version V --profile P [--out firmware/]
 
 `flash` runs esptool (harness/flashing.py) with a progress bar and fails, naming the port, when nothing
-answers within the connect timeout. `provision` writes the board's settings into an NVS partition image
-and flashes it the same way (harness/provisioning.py). `monitor` prints the board's console, each line
+answers within the connect timeout. `provision` writes the board's settings (and, if given, its poll
+and upload periods) into an NVS partition image and flashes it the same way (harness/provisioning.py). `monitor` prints the board's console, each line
 with the host's time of day, until Ctrl-C; it opens the port without touching DTR/RTS, so it does not
 reset the board. `firmware build` writes an ESP32 app image whose app description (`esp_app_desc_t`)
 names the emulator's firmware profile and version; `esptool image-info` reads it like any IDF build,
@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from device_emulator.cli import parse_key
+from harness import serial_urls
 from harness.flashing import (
     AFTER_CHOICES,
     BEFORE_CHOICES,
@@ -79,6 +80,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     provision.add_argument("--inverter", required=True, help="inverter URL, e.g. http://192.168.1.20:8080")
     provision.add_argument("--device-id", required=True, help="the id the board uploads as")
     provision.add_argument("--key", required=True, type=parse_key, help="its upload key, 64 hex digits")
+    provision.add_argument("--poll", type=float, default=None, metavar="S", help="poll period, seconds")
+    provision.add_argument("--upload", type=float, default=None, metavar="S", help="upload period, seconds")
     _esptool_options(provision)
     provision.set_defaults(func=provision_command)
 
@@ -170,7 +173,8 @@ def provision_command(args: argparse.Namespace) -> int:
     from harness.provisioning import BoardSettings, nvs_partition, provision
 
     try:
-        settings = BoardSettings(args.cloud, args.inverter, args.device_id, args.key)
+        settings = BoardSettings(args.cloud, args.inverter, args.device_id, args.key, poll_s=args.poll,
+                                 upload_s=args.upload)
     except ValueError as error:
         print(f"ecowatt provision: {error}", file=sys.stderr)
         return 2
@@ -208,6 +212,7 @@ def monitor(
 ) -> int:
     """Copy the console on `port` to `out`, each line prefixed with the local time it began, until
     `stop` is set (or KeyboardInterrupt); 1 with a message naming the port when it fails or goes away."""
+    serial_urls.install()
     try:
         port_handle = serial.serial_for_url(port, baudrate=baud, timeout=MONITOR_READ_S, do_not_open=True)
         # Released lines through the DevKit's auto-reset circuit: EN and IO0 stay high, no reset.

@@ -10,7 +10,8 @@ Backends:
 * `ProcessDut`: the emulator as `ecowatt device run` in a subprocess (its console arrives on stderr);
   power cut = SIGKILL and start again on the same state directory.
 * `SerialBoardDut`: a real ESP32 (or the emulator's serial endpoint) on a serial port: esptool's Python
-  API to query it, `harness.flashing` (esptool) to flash it, pyserial for the console, DTR/RTS for reset.
+  API to query it, `harness.flashing` (esptool) to flash and `harness.provisioning` to provision it,
+  pyserial for the console (harness.serial_urls for rfc2217://), DTR/RTS for reset.
 
 Every backend logs its console, raw, to one file per DUT (`log_path`), and `console.expect()` reads what
 was logged: a failed expect shows the tail of the buffer and the log path. Fail patterns ("Guru
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -34,11 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from harness import serial_urls
 from harness.clocks import Clock, DeviceTimeoutError
+from harness.flashing import FlashOptions, FlashResult, flash_image
 
 if TYPE_CHECKING:
     from device_emulator.device import Device
     from device_emulator.event_log import Event, Subscription
+    from harness.provisioning import BoardSettings
 
 # Capabilities a backend may have.
 POWER_CUT = "power_cut"  # remove and restore power (RAM lost, NVS and flash kept)
@@ -81,6 +86,7 @@ class DutConsole:
         self.poll = poll
         self.fatal: str | None = None
         self.on_fatal: list[Callable[[str], None]] = []
+        self.on_line: list[Callable[[str], None]] = []  # every line, as it is fed (from any thread)
         self._fail = re.compile("|".join(f"(?:{p})" for p in fail_patterns)) if fail_patterns else None
         self._buffer = ""
         self._partial = ""
@@ -97,6 +103,8 @@ class DutConsole:
             if self._log is not None:
                 self._log.write(line + "\n")
                 self._log.flush()
+        for watch in list(self.on_line):
+            watch(line)
         if self._fail is not None and self.fatal is None and self._fail.search(line):
             self.fatal = line
             for hook in list(self.on_fatal):
@@ -422,6 +430,12 @@ async def _read_until(stream: asyncio.StreamReader, prefix: str, timeout: float,
 
 # --- a board on a serial port ---------------------------------------------------------------------------
 
+# The line the EcoWatt firmware prints when it starts: its build (profile, version) and the device it is.
+FIRMWARE_BANNER = re.compile(
+    r"\[main\] EcoWatt (?P<profile>\S+) firmware (?P<version>[^,\s]+)(?:, device (?P<device_id>\S+))?"
+)
+BOOT_REAL_S = 20.0  # real seconds a board may take from its reset to the firmware's banner
+
 
 @dataclass
 class BoardInfo:
@@ -432,34 +446,122 @@ class BoardInfo:
     flash_id: int | None
 
 
+@dataclass(frozen=True)
+class FirmwareBanner:
+    """What the board's firmware said about itself when it started."""
+
+    profile: str
+    version: str
+    device_id: str | None
+
+
 class SerialBoardDut:
     """An ESP32 on a serial port (a device path, or an rfc2217:// / socket:// URL); see the module
     docstring. The console is read by a thread into `console`; esptool needs the port to itself, so
-    the console stops reading while esptool runs."""
+    the console stops reading while esptool runs.
+
+    With `settings` (harness.provisioning.BoardSettings) `start()` provisions the board for the run, the
+    way `ecowatt provision` does (the same function): cloud and inverter URLs, device id, key and
+    periods go into its NVS partition with esptool; then it resets the board and returns once the
+    firmware has printed its banner (`banner`: profile, version, device id), failing with the console
+    tail when the board does not boot as the provisioned device. The MAC and chip esptool reported are
+    kept (`mac`, `chip`), so reports name the board without another esptool reset mid-run."""
 
     capabilities = frozenset({RESET, FLASH, BOARD})
 
     def __init__(self, port: str, console: DutConsole, *, device_id: str, profile: str,
-                 baud: int = 115200) -> None:
+                 baud: int = 115200, settings: BoardSettings | None = None,
+                 flash_options: FlashOptions | None = None) -> None:
         self.port = port
         self.console = console
         self.device_id = device_id
         self.profile = profile
         self.baud = baud
+        self.settings = settings
+        self.flash_options = flash_options or FlashOptions()
+        self.provisioned = False
+        self.mac: str | None = None
+        self.chip: str | None = None
+        self.banner: FirmwareBanner | None = None
         self._serial: Any = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        console.on_line.append(self._watch)
 
     @property
     def device(self) -> None:
         return None
 
-    # --- the console ------------------------------------------------------------------------------
+    @property
+    def firmware_version(self) -> str | None:
+        return self.banner.version if self.banner is not None else None
+
+    def _watch(self, line: str) -> None:
+        """Called for every console line (reader thread): the firmware's banner names its build."""
+        match = FIRMWARE_BANNER.search(line)
+        if match is not None:
+            self.banner = FirmwareBanner(match["profile"], match["version"], match["device_id"])
+            self.profile = self.banner.profile
+
+    # --- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._open)
+        """Open the console; first provision the board, then reset it and wait for it to boot, when
+        there are settings to provision."""
+        serial_urls.install()
+        if self.settings is None or self.provisioned:
+            await self._open()
+            return
+        from harness.provisioning import provision  # the NVS generator: imported only for a board
 
-    def _open(self) -> None:
+        settings = self.settings
+        options = dataclasses.replace(self.flash_options, after="no-reset")  # the console sees the boot
+        result = await provision(self.port, settings, options)
+        self.provisioned = True
+        self._learn(result)
+        await self._open()
+        periods = ", ".join(f"{key.key} {micros / 1e6:g} s" for key, micros in settings.periods())
+        self.console.feed_line(f"# provisioned {settings.device_id} through {self.port} (MAC {result.mac}): "
+                               f"cloud {settings.cloud_url}, inverter {settings.inverter_url}"
+                               + (f", {periods}" if periods else ""))
+        banner = await self.reboot()
+        if banner.device_id is not None and banner.device_id != settings.device_id:
+            raise RuntimeError(
+                f"{self.port}: the board booted as {banner.device_id}, not as the provisioned "
+                f"{settings.device_id} (does its firmware read the provision namespace of its NVS?)\n"
+                f"--- last {TAIL_LINES} console lines ---\n" + "\n".join(self.console.tail())
+                + f"\n--- full log: {self.console.log_path}")
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    async def reboot(self) -> FirmwareBanner:
+        """Reset the board and wait (up to BOOT_REAL_S real seconds) for its firmware's banner."""
+        clock = self.console.clock
+        self.banner = None
+        await self.reset()
+
+        def booted() -> FirmwareBanner | None:
+            if self.console.fatal is not None:
+                raise DutFatal(self.console.fatal_message())
+            return self.banner
+
+        try:
+            banner: FirmwareBanner = await clock.until(booted, timeout=BOOT_REAL_S * clock.time_scale,
+                                                       poll=self.console.poll)
+        except DeviceTimeoutError:
+            raise ConsoleTimeout(
+                f"{self.console.name}: no firmware banner within {BOOT_REAL_S:g} s of a reset on {self.port}\n"
+                f"--- last {TAIL_LINES} console lines ---\n" + "\n".join(self.console.tail())
+                + f"\n--- full log: {self.console.log_path}") from None
+        return banner
+
+    # --- the console ------------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        await asyncio.to_thread(self._open_port)
+
+    def _open_port(self) -> None:
         import serial
 
         self._serial = serial.serial_for_url(self.port, baudrate=self.baud, timeout=0.1,
@@ -497,9 +599,6 @@ class SerialBoardDut:
                 self._serial.close()
             self._serial = None
 
-    async def stop(self) -> None:
-        await asyncio.to_thread(self._close)
-
     # --- reset and power ------------------------------------------------------------------------------
 
     def _pulse_reset(self) -> None:
@@ -507,10 +606,14 @@ class SerialBoardDut:
         import time
 
         port = self._serial
-        port.dtr = False
-        port.rts = True
-        time.sleep(0.1)  # a real line needs its pulse: this runs in a worker thread, not on the loop
-        port.rts = False
+        try:
+            port.dtr = False
+            port.rts = True
+            time.sleep(0.1)  # a real line needs its pulse: this runs in a worker thread, not on the loop
+            port.rts = False
+        except OSError as error:  # a pty has no modem lines
+            raise RuntimeError(f"cannot reset the board on {self.port}: its port has no DTR/RTS lines "
+                               f"({error.strerror}); give a USB serial port or an rfc2217:// URL") from error
 
     async def reset(self) -> None:
         if self._serial is None:
@@ -523,16 +626,20 @@ class SerialBoardDut:
 
     # --- esptool ----------------------------------------------------------------------------------
 
+    def _learn(self, result: FlashResult) -> None:
+        self.mac = result.mac or self.mac
+        self.chip = result.chip or self.chip
+
     async def flash(self, image: bytes, offset: int = 0x10000) -> Any:
         """Write `image` at `offset` with esptool (verified), then reset the board into it. esptool
         leaves the chip in its loader, so the console is listening again before the boot banner."""
-        from harness.flashing import FlashOptions, flash_image
-
         await self.stop()
         try:
-            result = await flash_image(self.port, image, FlashOptions(offset=offset, after="no-reset"))
+            options = dataclasses.replace(self.flash_options, offset=offset, after="no-reset")
+            result = await flash_image(self.port, image, options)
         finally:
-            await self.start()
+            await self._open()
+        self._learn(result)
         self.console.feed_line(f"# flashed {result.size} bytes at {offset:#x}, MAC {result.mac}")
         await self.reset()
         return result
@@ -556,19 +663,28 @@ class SerialBoardDut:
         """Query the ROM loader; the console is closed meanwhile and the board is reset after (RTS)."""
         await self.stop()
         try:
-            return await asyncio.to_thread(self._query)
+            board = await asyncio.to_thread(self._query)
         finally:
-            await self.start()
+            await self._open()
             await self.reset()
+        self.mac, self.chip = board.mac, board.chip
+        return board
 
     async def read_mac(self) -> str:
-        return (await self._with_loader()).mac
+        """The MAC esptool read when it last talked to the board (asking it resets the board)."""
+        return self.mac or (await self._with_loader()).mac
 
     async def info(self) -> dict[str, Any]:
         board = await self._with_loader()
         return {"backend": "board", "port": self.port, "device_id": self.device_id, "profile": self.profile,
-                "chip": board.chip, "mac": board.mac, "features": board.features,
-                "crystal_mhz": board.crystal_mhz, "flash_id": board.flash_id}
+                "version": self.firmware_version, "chip": board.chip, "mac": board.mac,
+                "features": board.features, "crystal_mhz": board.crystal_mhz, "flash_id": board.flash_id}
+
+    def provenance(self) -> dict[str, Any]:
+        """What a report says about the board: what esptool and the firmware's banner told (no reset)."""
+        return {"board_mac": self.mac, "board_chip": self.chip, "board_port": self.port,
+                "device_id": self.device_id, "firmware_profile": self.banner.profile if self.banner else None,
+                "firmware_version": self.firmware_version}
 
     def events(self) -> list[Event]:
         return []

@@ -1,6 +1,7 @@
 """Flash an ESP32 (a real board, or an emulated one on its serial endpoint) with esptool.
 
-esptool runs as a subprocess (`python -m esptool`, the same install as the `esptool` command): it is
+esptool runs as a subprocess (the same install as the `esptool` command, with the harness's pyserial
+URL handlers installed: harness/serial_urls, which make rfc2217:// ports about ten times faster): it is
 GPL-licensed, so the harness drives it as a tool rather than linking its internals, and a subprocess can
 be stopped when a port never answers. Its output is read line by line: the connection, the chip, the
 MAC, write progress and the final hash check become a typed `FlashResult`; failures become
@@ -22,6 +23,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.serial_urls import ESPTOOL_MAIN
 
 CONNECT_TIMEOUT = 7.0  # seconds: well under the 10 s a user should wait to hear that nothing answers
 DEFAULT_OFFSET = 0x10000  # the factory / ota_0 app slot of the default partition table
@@ -83,8 +86,9 @@ class FlashOptions:
 
 
 def esptool_command() -> list[str]:
-    """How to run esptool: the interpreter running the harness, so its venv's esptool."""
-    return [sys.executable, "-m", "esptool"]
+    """How to run esptool: the interpreter running the harness, so its venv's esptool, with the
+    harness's pyserial URL handlers."""
+    return [sys.executable, "-c", ESPTOOL_MAIN]
 
 
 async def flash_image(

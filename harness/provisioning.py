@@ -8,6 +8,11 @@ namespace the firmware reads at boot (device_emulator/nvs_partition.py names the
 board and the emulator read is the same binary. It goes to the nvs partition of the EcoWatt partition
 table (protocol/partition_table.py `default_partition_table`), whole: provisioning replaces whatever
 the partition held.
+
+The scenario's poll and upload periods (`poll_s`, `upload_s`, optional) go in the firmware's own `freq`
+namespace (device_emulator/nvs.py: POLL_FREQ, UPLOAD_FREQ, microseconds), where the firmware reads its
+periods at boot and a remote configuration later overwrites them, as on a board that was configured
+before.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from urllib.parse import urlsplit
 
 from esp_idf_nvs_partition_gen import nvs_partition_gen as nvs_gen
 
+from device_emulator.nvs import POLL_FREQ, UPLOAD_FREQ, NvsKey
 from device_emulator.nvs_partition import (
     CLOUD_URL_KEY,
     DEVICE_ID_KEY,
@@ -42,6 +48,8 @@ class BoardSettings:
     inverter_url: str
     device_id: str
     key: bytes
+    poll_s: float | None = None  # None: the firmware's default period
+    upload_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("cloud_url", "inverter_url"):
@@ -57,6 +65,24 @@ class BoardSettings:
             raise ValueError("a device id cannot contain '/' (it is a URL path segment)")
         if len(self.key) != PSK_SIZE:
             raise ValueError(f"the key is {PSK_SIZE} bytes ({2 * PSK_SIZE} hex digits)")
+        for name, key in (("poll_s", POLL_FREQ), ("upload_s", UPLOAD_FREQ)):
+            value = getattr(self, name)
+            if value is not None and not _micros(key, value):
+                raise ValueError(f"{name} must be at least {(key.minimum or 1) / 1e6:g} s, not {value!r}")
+
+    def periods(self) -> list[tuple[NvsKey, int]]:
+        """The periods to store, in µs, as the firmware keeps them."""
+        chosen = ((POLL_FREQ, self.poll_s), (UPLOAD_FREQ, self.upload_s))
+        return [(key, _micros(key, value)) for key, value in chosen if value is not None]
+
+
+def _micros(key: NvsKey, seconds: float) -> int:
+    """`seconds` in whole µs, 0 when the firmware would refuse it (below the key's minimum)."""
+    try:
+        micros = round(seconds * 1_000_000)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return micros if micros >= max(key.minimum or 1, 1) and micros < 1 << 63 else 0
 
 
 def nvs_partition() -> Partition:
@@ -83,6 +109,12 @@ def nvs_image(settings: BoardSettings, size: int | None = None) -> bytes:
     ):
         nvs_gen.write_entry(nvs, key, "data", "string", value)
     nvs_gen.write_entry(nvs, PSK_KEY, "data", "hex2bin", settings.key.hex())
+    namespace = None
+    for key, micros in settings.periods():
+        if key.namespace != namespace:
+            namespace = key.namespace
+            nvs_gen.write_entry(nvs, namespace, "namespace", "", "")
+        nvs_gen.write_entry(nvs, key.key, "data", key.type.name.lower(), str(micros))
     nvs_gen.nvs_close(nvs)
     image = out.getvalue()
     assert len(image) == size, (len(image), size)

@@ -23,7 +23,8 @@ A test needing a capability the chosen DUT lacks is skipped with that reason.
 Time: with `--time virtual` (the default) every async test that uses a `hil_` fixture runs on a new
 virtual-time loop (the `pytest_asyncio_loop_factories` hook), so a device-hour passes in real seconds;
 other async tests get the ordinary loop. `--time real|scale:X` runs the stack's parts as subprocesses on
-real or scaled time; `--dut board` implies real time.
+real or scaled time; `--dut board` implies real time (or scaled, for an emulated board started with the
+same scale), with the simulator and cloud in this process on that clock.
 
 After the test body passes, the stack's invariants are checked on the same loop, and measurements
 outside their limits are reported: either fails the test itself (so `xfail(strict=True)` covers them).
@@ -48,7 +49,7 @@ import pytest
 import pytest_asyncio
 
 from harness.clocks import Clock, parse_time
-from harness.report import Measurement, record_measurement
+from harness.report import Measurement, record_measurement, record_provenance
 
 MEASUREMENTS: pytest.StashKey[list[tuple[str, Measurement]]] = pytest.StashKey()
 _ITEM_MEASUREMENTS: pytest.StashKey[list[Measurement]] = pytest.StashKey()
@@ -184,12 +185,15 @@ def stack_options(config: pytest.Config, marker: pytest.Mark | None) -> Any:
     from harness.stack import StackOptions
 
     mode = time_mode(config).strip().lower()
+    dut = config.getoption("dut")
     options = StackOptions(
         profile=config.getoption("profile"),
         seed=config.getoption("seed"),
-        dut=config.getoption("dut"),
+        dut=dut,
         port=config.getoption("port"),
-        processes=mode != "virtual",
+        # A board brings its own process; its simulator and cloud run here, on the run's (scaled) clock,
+        # so what the cloud stamps is device time, as the board's periods are.
+        processes=mode != "virtual" and dut != "board",
         cloud_db=config.getoption("cloud_db"),
     )
     if marker is None:
@@ -236,12 +240,16 @@ async def hil_stack(request: pytest.FixtureRequest, hil_options: Any, tmp_path: 
 
 
 def _provenance(item: pytest.Item, stack: Any) -> None:
+    from harness.dut import SerialBoardDut
+
     options = stack.options
     item.user_properties += [
         ("hil_profile", options.profile), ("hil_seed", str(options.seed)), ("hil_dut", options.dut),
         ("hil_time", stack.clock.mode), ("hil_devices", ",".join(stack.device_ids)),
         ("hil_logs", str(stack.logs_dir)),
     ]
+    if isinstance(stack.dut, SerialBoardDut):  # what esptool and the board's banner said at provisioning
+        record_provenance(item, **stack.dut.provenance())
 
 
 def _stop_test(loop: asyncio.AbstractEventLoop, code: CodeType | None) -> None:

@@ -231,6 +231,9 @@ def board_facts(port: str) -> dict[str, Any]:
     try:
         from esptool.cmds import detect_chip
 
+        from harness.serial_urls import install
+
+        install()  # rfc2217:// without pyserial's needless renegotiations (~9 s less per run)
         esp = detect_chip(port, connect_attempts=3)
         try:
             mac = ":".join(f"{b:02x}" for b in esp.read_mac())

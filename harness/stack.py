@@ -14,6 +14,12 @@ Two ways to run it, chosen by the clock and the DUT:
   `ecowatt device run` as subprocesses, their ports read from their `listening on` lines. The cloud can
   then be killed with SIGKILL and restarted. With `dut="board"` the device is the board on `port`.
 
+A board is provisioned for the run when the stack starts (harness.provisioning, through esptool, as
+`ecowatt provision` does): its NVS gets the URLs of its two fault proxies, the device id and key the
+stack registered in the cloud, and the scenario's poll and upload periods; then it is reset and the
+stack waits for its firmware's banner. So the proxies listen on any free port (or `cloud_port` /
+`inverter_port`), and several board stacks run side by side.
+
 Each device gets its own simulator (each with its own inverter model; fleets larger than
 `SHARED_MODEL_ABOVE` share one model, so an export-limit write then reaches the whole fleet), and two
 fault proxies: DUT <-> cloud and DUT <-> simulator. The DUT only ever talks to the proxies.
@@ -61,11 +67,8 @@ if TYPE_CHECKING:
 
 DEFAULT_SIM_OFFSET = 4 * 3600.0  # mid-morning of the simulated day
 SHARED_MODEL_ABOVE = 8  # fleets larger than this share one inverter model
-STARTUP_TIMEOUT = 60.0
-CONSOLE_POLL_S = 0.1  # real seconds between looks at a console fed from outside the loop  # real seconds a subprocess may take to print its `listening on` line
-# The firmware's compiled-in ports: a board (or `ecowatt device run` with its defaults) reaches them.
-BOARD_CLOUD_PORT = 5001
-BOARD_INVERTER_PORT = 8080
+STARTUP_TIMEOUT = 60.0  # real seconds a subprocess may take to print its `listening on` line
+CONSOLE_POLL_S = 0.1  # real seconds between looks at a console fed from outside the loop
 PROFILES = ("spec", "reference-1.0.4")
 # On virtual time the clock waits for every thread hop (SQLite's threads); Python hands the GIL back to
 # the loop only every switch interval (5 ms by default), so a shorter one makes a device-day 2x faster.
@@ -556,12 +559,11 @@ class Stack:
 
     async def _start_proxies(self, device_id: str, index: int, sim: LocalSim) -> None:
         options = self.options
-        board = options.dut == "board"
         targets = {
             "cloud": (self.cloud_control.port if self.cloud_control else 0, True,  # type: ignore[union-attr]
-                      options.cloud_port or (BOARD_CLOUD_PORT if board else 0)),
+                      options.cloud_port),
             "sim": (_port_of(sim.url if options.transport == "http" else _modbus_url(sim)),
-                    options.transport == "http", options.inverter_port or (BOARD_INVERTER_PORT if board else 0)),
+                    options.transport == "http", options.inverter_port),
         }
         for link, (upstream, http, listen) in targets.items():
             proxy = FaultProxy("127.0.0.1", upstream, listen_port=listen, seed=options.seed * 1000 + index,
@@ -586,9 +588,13 @@ class Stack:
         state_dir = self.directory / "devices" / device_id
         key = options.key_for(device_id)
         if options.dut == "board":
+            from harness.provisioning import BoardSettings
+
             assert options.port is not None
+            settings = BoardSettings(cloud_url, inverter_url, device_id, key, poll_s=options.poll_s,
+                                     upload_s=options.upload_s)
             return SerialBoardDut(options.port, self._console(device_id, True), device_id=device_id,
-                                  profile=options.profile)
+                                  profile=options.profile, settings=settings)
         if options.processes:
             self._provision(state_dir)
             argv = ecowatt_command("device", "run", "--cloud", cloud_url, "--inverter", inverter_url,

@@ -140,25 +140,12 @@ async def stored_after(stack: Stack, device_id: str, before: int) -> bool:
     return len(await stack.cloud.telemetry(device_id)) > before
 
 
-def _free_port() -> int:
-    """A free port below Linux's ephemeral range, so no later bind to port 0 can take it meanwhile."""
-    import random
-    import socket
-
-    while True:
-        port = random.randrange(20000, 32000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-
-
-@pytest.mark.slow  # esptool over RFC 2217 takes ~10 s to connect, twice: `make test-slow`
-async def test_a_board_on_a_serial_port_is_queried_flashed_with_esptool_and_uploads(tmp_path: Path) -> None:
+@pytest.mark.timeout(90)
+async def test_a_board_on_a_serial_port_is_provisioned_queried_flashed_with_esptool_and_uploads(
+        tmp_path: Path) -> None:
     """SerialBoardDut against the emulator's serial endpoint (RFC 2217): real esptool, real pyserial,
-    reset through RTS; the flashed image boots and its first upload reaches the cloud."""
+    reset through RTS. The board's own settings lead nowhere: the stack provisions it (URLs of its
+    proxies, id, key), so it uploads; the flashed image boots and its first upload reaches the cloud."""
     from device_emulator.config import DeviceConfig
     from device_emulator.device import Device
     from protocol.esp_image import build_firmware_image
@@ -166,22 +153,27 @@ async def test_a_board_on_a_serial_port_is_queried_flashed_with_esptool_and_uplo
     scale = 20.0
     clock = RealClock(scale)
     clock.bind(asyncio.get_running_loop())
-    cloud_port, inverter_port = _free_port(), _free_port()
-    board = Device(DeviceConfig(cloud_url=f"http://127.0.0.1:{cloud_port}",
-                                inverter_url=f"http://127.0.0.1:{inverter_port}", state_dir=tmp_path / "board",
-                                profile="spec", time_scale=scale, timings={"upload_s": 30.0}),
+    nowhere = "http://127.0.0.1:9"
+    board = Device(DeviceConfig(cloud_url=nowhere, inverter_url=nowhere, state_dir=tmp_path / "board",
+                                device_id="unprovisioned", profile="spec", time_scale=scale,
+                                timings={"upload_s": 30.0}),
                    serial="rfc2217://127.0.0.1:0", wall_clock=clock.wall)
     await board.start()
     try:
-        options = StackOptions(dut="board", port=board.serial_port, cloud_port=cloud_port,
-                               inverter_port=inverter_port)
+        options = StackOptions(dut="board", port=board.serial_port, upload_s=30, poll_s=5)
         async with Stack(options, clock, tmp_path / "stack") as stack:
-            info = await stack.dut.info()
-            assert info["chip"].startswith("ESP32") and info["mac"] == ":".join(f"{b:02x}" for b in board.mac)
-            await stack.dut.flash(build_firmware_image("spec", "1.3.0"))
-            await stack.dut.console.expect(r"rst:0x1 \(POWERON_RESET\)", timeout=60)
-            await stack.dut.console.expect(r"spec firmware 1\.3\.0", timeout=60)
-            await stack.dut.console.expect(r"upload ok", timeout=120)
-            assert await stack.cloud.telemetry(stack.dut.device_id)
+            dut = stack.dut
+            mac = ":".join(f"{b:02x}" for b in board.mac)
+            assert board.device_id == dut.device_id != "unprovisioned"  # it booted as the stack's device
+            assert dut.provenance()["board_mac"] == mac and dut.banner.profile == "spec"
+            assert "[main] provisioned: device" in "\n".join(dut.console.lines)
+            info = await dut.info()
+            assert info["chip"].startswith("ESP32") and info["mac"] == mac
+            await dut.flash(build_firmware_image("spec", "1.3.0"))
+            await dut.console.expect(r"rst:0x1 \(POWERON_RESET\)", timeout=60)
+            await dut.console.expect(r"spec firmware 1\.3\.0", timeout=60)
+            assert dut.firmware_version == "1.3.0"
+            await dut.console.expect(r"upload ok", timeout=120)
+            assert await stack.cloud.telemetry(dut.device_id)
     finally:
         await board.stop()
