@@ -169,6 +169,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._stall_warning = stall_warning
         self._thread_bound = set(thread_bound_packages)
         self._bound_futures: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
+        self._bound_modules: dict[str, bool] = {}  # module name -> its futures hold time
         self._holds: dict[TimeHold, None] = {}  # ordered, for pending_work()
         self._holds_lock = threading.Lock()
         self._idle_watchers: list[Callable[[], bool]] = []
@@ -268,7 +269,14 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def create_future(self) -> asyncio.Future[Any]:
         future = super().create_future()
-        if self._thread_bound and _caller_package() in self._thread_bound:
+        # Called for every await on the loop: the caller's module is looked up in a cache (a frame
+        # walk and a dict hit) rather than its package worked out each time.
+        module = sys._getframe(1).f_globals.get("__name__", "")
+        cache = self._bound_modules
+        bound = cache.get(module)
+        if bound is None:
+            bound = cache[module] = module.partition(".")[0] in self._thread_bound
+        if bound:
             self._bound_futures.add(future)
             future.add_done_callback(self._bound_futures.discard)
         return future
@@ -284,6 +292,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             ):
                 log.info("virtual time: futures created by %r now hold time (completed from a thread)", package)
                 self._thread_bound.add(package)
+                self._bound_modules = {}  # replaced, not cleared: the loop thread may be filling the old one
         return handle
 
     def run_in_executor(

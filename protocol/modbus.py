@@ -108,13 +108,26 @@ Response = ReadResponse | WriteRequest | ExceptionResponse
 # --- CRC and hex text -------------------------------------------------------------------------------
 
 
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+# One lookup per byte instead of eight shifts: every simulated poll computes four CRCs.
+_CRC_TABLE = _crc_table()
+
+
 def crc16(data: bytes) -> int:
     """CRC-16/MODBUS: init 0xFFFF, reflected polynomial 0xA001."""
     crc = 0xFFFF
+    table = _CRC_TABLE
     for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
     return crc
 
 
