@@ -241,27 +241,30 @@ class FaultService:
 
     def __init__(self, storage: Storage, *, wall_clock: Callable[[], float] = time.time,
                  rng: random.Random | None = None, refresh_seconds: float = 1.0,
-                 events: EventBus | None = None) -> None:
+                 refresh_clock: Callable[[], float] = time.monotonic, events: EventBus | None = None) -> None:
         self.storage = storage
         self.events = events
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
-        self.refresh_seconds = refresh_seconds  # how soon rules set by another process are seen
+        # How soon rules another process set are seen: other processes live in real time, so this is
+        # real time (on device time a virtual day would reload the rules at nearly every request).
+        self.refresh_seconds = refresh_seconds
+        self.refresh_clock = refresh_clock
         self.requests_processed = 0
         self._rules: list[FaultRule] = []
-        self._loaded_at: float | None = None  # loop time of the last load
+        self._loaded_at: float | None = None  # refresh_clock at the last load
         self._pending_logs: set[asyncio.Task[Any]] = set()
 
     # --- rules ---
 
     async def refresh(self) -> list[FaultRule]:
         self._rules = await self.storage.active_fault_rules()
-        self._loaded_at = asyncio.get_running_loop().time()
+        self._loaded_at = self.refresh_clock()
         return self._rules
 
     async def _fresh_rules(self) -> list[FaultRule]:
         loaded = self._loaded_at
-        if loaded is None or asyncio.get_running_loop().time() - loaded >= self.refresh_seconds:
+        if loaded is None or self.refresh_clock() - loaded >= self.refresh_seconds:
             await self.refresh()
         return self._in_force(self._rules)
 
