@@ -38,12 +38,13 @@ LINK_FAULT_WINDOW = 30.0  # device seconds: a poll with all its attempts, timeou
 
 
 @dataclass(frozen=True)
-class Read:
-    """A read in the simulator's ledger, in the stack's device time."""
+class LedgerRead:
+    """One request the simulator served (a read or a write), in the stack's device time."""
 
     seq: int
-    time: float
+    time: float  # stack device seconds
     sim_time: float
+    operation: str
     start: int
     count: int
     values: tuple[int, ...]
@@ -63,7 +64,7 @@ class Accepted:
     layout: tuple[Any, ...]  # what the batch is laid out by (the register selection, or the block read)
     start: int
     values: tuple[int, ...]
-    read: Read | None = None  # None: not served by the simulator (a failure marker, or unknown)
+    read: LedgerRead | None = None  # None: not served by the simulator (a failure marker, or unknown)
     marker: bool = False  # the failure marker 0xFFFF the firmware stores as a sample (§11.2.10)
 
     def value(self, address: int) -> int | None:
@@ -169,7 +170,7 @@ def stored_packets(rows: Sequence[dict[str, Any]], packets: Sequence[dict[str, A
     return list(by_key.values())
 
 
-def link_to_reads(accepted: Sequence[Accepted], reads: Sequence[Read]) -> tuple[list[Accepted], int]:
+def link_to_reads(accepted: Sequence[Accepted], reads: Sequence[LedgerRead]) -> tuple[list[Accepted], int]:
     """Give each accepted sample the ledger read it came from (the latest delivered read at or before
     it with that block and values); returns the samples and how many delivered reads none took."""
     delivered = [r for r in reads if r.delivered]
@@ -197,7 +198,7 @@ def link_to_reads(accepted: Sequence[Accepted], reads: Sequence[Read]) -> tuple[
     return linked, len(delivered) - len(used)
 
 
-def infer_accepted(reads: Sequence[Read], boots: Sequence[float],
+def infer_accepted(reads: Sequence[LedgerRead], boots: Sequence[float],
                    link_faults: Sequence[float]) -> tuple[list[Accepted], int]:
     """Without a probe on the device: every read delivered intact, except those answered late or near a
     fault on the inverter link. Returns the samples and how many delivered reads were left out."""
@@ -286,7 +287,7 @@ def _stored_text(packet: StoredPacket, sample: StoredSample) -> str:
     return f"boot {packet.key[0]} packet {packet.key[1]} sample {sample.index}{how}: {pairs}"
 
 
-def reconcile(device_id: str, reads: Sequence[Read], accepted: Sequence[Accepted] | None,
+def reconcile(device_id: str, reads: Sequence[LedgerRead], accepted: Sequence[Accepted] | None,
               events: Sequence[DeviceEvent] | None, packets: Sequence[StoredPacket],
               uploads: Sequence[dict[str, Any]], link_faults: Sequence[float],
               in_ram: tuple[int, int] | None) -> Accounting:

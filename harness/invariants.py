@@ -27,7 +27,6 @@ from harness.conservation import (
     Accepted,
     Accounting,
     DeviceEvent,
-    Read,
     describe,
     reconcile,
     stored_packets,
@@ -129,8 +128,7 @@ class Invariants:
         stack = self.stack
         dut = stack.duts[device_id]
         # One instant for the device's side: the ledger, its RAM and its events agree with each other.
-        reads = [Read(r.seq, r.time, r.sim_time, r.start, r.count, r.values, r.outcome)
-                 for r in await stack.sims[device_id].ledger() if r.operation == "read"]
+        reads = [r for r in await stack.sims[device_id].ledger() if r.operation == "read"]
         in_ram = dut.in_ram() if hasattr(dut, "in_ram") else None
         events = self._events(dut)
         accepted = None

@@ -60,11 +60,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m harness.run_cli run ...`: the command without the top-level dispatcher."""
-    parser = argparse.ArgumentParser(prog="ecowatt")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """`python -m harness.run_cli run ...`: the command without loading the rest of `ecowatt`."""
+    from harness import cli
+
+    return cli.main(argv, modules=("harness.run_cli",))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ import aiohttp
 from cloud.key_registry import FIRMWARE_DEVICE_ID, KeyFiles
 from cloud.ota_repository import AES_KEY_FILE, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, ReleaseKeys
 from harness.clocks import Clock
+from harness.conservation import LedgerRead
 from harness.dut import DutConsole, EmulatedDut, ProcessDut, SerialBoardDut
 from harness.fault_proxy import FaultProxy
 from harness.hil_cloud import HilCloud
@@ -161,24 +162,6 @@ def install_release_keys(keys_dir: Path) -> None:
 
 
 # --- the simulators -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LedgerRead:
-    """One request the simulator served, as the invariant checkers read it (device time, not sim time)."""
-
-    seq: int
-    time: float  # stack device seconds
-    sim_time: float
-    operation: str
-    start: int
-    count: int
-    values: tuple[int, ...]
-    outcome: str
-
-    @property
-    def delivered(self) -> bool:
-        return self.outcome in ("ok", "delay")
 
 
 class LocalSim:

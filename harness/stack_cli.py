@@ -174,11 +174,10 @@ async def _packet_count(stack: Stack, device_id: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m harness.stack_cli stack up ...` without the top-level dispatcher."""
-    parser = argparse.ArgumentParser(prog="ecowatt")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """`python -m harness.stack_cli stack up ...`: the command without loading the rest of `ecowatt`."""
+    from harness import cli
+
+    return cli.main(argv, modules=("harness.stack_cli",))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 import cloud.routes_config
 from device_emulator import uploader
 from device_emulator.firmware import Firmware
-from harness.conservation import Accepted, DeviceEvent, Read, StoredPacket, StoredSample, reconcile
+from harness.conservation import Accepted, DeviceEvent, LedgerRead, StoredPacket, StoredSample, reconcile
 
 
 @pytest.mark.hil(upload=60, quirks={"drop_every_third_upload": True})
@@ -107,11 +107,11 @@ async def test_injected_5xx_are_allowed(hil_stack: Any, hil_clock: Any, hil_faul
     assert [v for v in await hil_stack.invariants.check() if v.checker == "no_5xx"] == []
 
 
-def _reads(count: int) -> list[Read]:
-    return [Read(n, 2.0 * n, 2.0 * n, 0, 1, (100 + n,), "ok") for n in range(1, count + 1)]
+def _reads(count: int) -> list[LedgerRead]:
+    return [LedgerRead(n, 2.0 * n, 2.0 * n, "read", 0, 1, (100 + n,), "ok") for n in range(1, count + 1)]
 
 
-def _packet(reads: list[Read], ts: int) -> StoredPacket:
+def _packet(reads: list[LedgerRead], ts: int) -> StoredPacket:
     return StoredPacket((0, ts), "decoded", "0x01", "", [StoredSample(k, (0,), r.values) for k, r in enumerate(reads)])
 
 
