@@ -1,4 +1,4 @@
-"""SQLite backend: WAL, synchronous=FULL, one writer task with group commit, reads through aiosqlite.
+"""SQLite backend: WAL, synchronous=FULL, one writer task with group commit, reads on reader threads.
 
 Every write is a unit of work queued to a single writer task. The writer takes all units waiting,
 runs them in one `BEGIN IMMEDIATE` transaction, each inside its own SAVEPOINT (a unit that fails is
@@ -8,8 +8,10 @@ writers pays for one fsync instead of one each.
 
 The whole batch runs in one hop to the writer's own thread: a unit's statements only touch the
 connection and never suspend, so the thread drives each unit's coroutine to its end by itself.
-(aiosqlite would cost one thread hop per statement, which is what limits throughput once the fsync
-is shared.) Reads use aiosqlite connections of their own; WAL lets them run while the writer works.
+Reads run the same way, a whole read (one snapshot: BEGIN ... COMMIT) in one hop to one of a few
+reader threads, each with its own read-only connection; WAL lets them run while the writer works.
+(aiosqlite costs one thread hop per statement: three or more for a one-query read, and on virtual
+time every hop is real time the clock waits for.)
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from cloud.storage.backend import Row, T, Work
 from cloud.storage.dialect import SQLITE
 
@@ -32,34 +32,8 @@ BUSY_TIMEOUT_MS = 10_000
 QUEUE_LIMIT = 10_000  # units waiting; beyond it writers wait (backpressure)
 
 
-class ReaderTransaction:
-    """Statements of a read, on an aiosqlite connection."""
-
-    dialect = SQLITE
-
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self._connection = connection
-
-    async def execute(self, sql: str, *args: Any) -> int:
-        cursor = await self._connection.execute(sql, args)
-        return int(cursor.rowcount)
-
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._connection.executemany(sql, rows)
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return list(await self._connection.execute_fetchall(sql, args))
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        return next(iter(await self._connection.execute_fetchall(sql, args)), None)
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = await self.fetchrow(sql, *args)
-        return None if row is None else row[0]
-
-
-class WriterTransaction:
-    """Statements of a write, run synchronously on the writer thread (the coroutines never suspend)."""
+class ThreadTransaction:
+    """Statements run synchronously on a connection's own thread (the coroutines never suspend)."""
 
     dialect = SQLITE
 
@@ -121,24 +95,46 @@ def _connect_writer(path: Path) -> sqlite3.Connection:
     return connection
 
 
-async def _connect_reader(path: Path) -> aiosqlite.Connection:
-    connection = await aiosqlite.connect(path, isolation_level=None)
+def _connect_reader(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.row_factory = sqlite3.Row
-    await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    await connection.execute("PRAGMA query_only = ON")
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    connection.execute("PRAGMA query_only = ON")
     return connection
+
+
+@dataclass
+class _Reader:
+    thread: ThreadPoolExecutor  # one thread: the connection is only ever used there
+    connection: sqlite3.Connection
+
+
+async def _close_readers(readers: list[_Reader]) -> None:
+    loop = asyncio.get_running_loop()
+    for reader in readers:
+        await loop.run_in_executor(reader.thread, reader.connection.close)
+        reader.thread.shutdown()
+
+
+def _read_snapshot(connection: sqlite3.Connection, work: Work[T]) -> T:
+    """On a reader thread: the whole read in one snapshot."""
+    connection.execute("BEGIN")
+    try:
+        return _drive(work(ThreadTransaction(connection)))  # type: ignore[arg-type]  # operations are coroutines
+    finally:
+        connection.execute("COMMIT")
 
 
 class SqliteBackend:
     dialect = SQLITE
 
     def __init__(self, path: Path, thread: ThreadPoolExecutor, writer: sqlite3.Connection,
-                 readers: list[aiosqlite.Connection], max_batch: int) -> None:
+                 readers: list[_Reader], max_batch: int) -> None:
         self.path = path
         self._thread = thread
         self._writer = writer
-        self._writer_tx = WriterTransaction(writer)
-        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._writer_tx = ThreadTransaction(writer)
+        self._readers: asyncio.Queue[_Reader] = asyncio.Queue()
         self._all_readers = readers
         for reader in readers:
             self._readers.put_nowait(reader)
@@ -155,17 +151,17 @@ class SqliteBackend:
         loop = asyncio.get_running_loop()
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         writer = await loop.run_in_executor(thread, _connect_writer, path)  # creates the file, sets WAL
-        reader_connections: list[aiosqlite.Connection] = []
+        reader_threads: list[_Reader] = []
         try:
-            for _ in range(readers):
-                reader_connections.append(await _connect_reader(path))
+            for n in range(readers):
+                reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-reader-{n}")
+                reader_threads.append(_Reader(reader, await loop.run_in_executor(reader, _connect_reader, path)))
         except BaseException:
-            for reader in reader_connections:
-                await reader.close()
+            await _close_readers(reader_threads)
             await loop.run_in_executor(thread, writer.close)
             thread.shutdown()
             raise
-        return cls(path, thread, writer, reader_connections, max_batch if group_commit else 1)
+        return cls(path, thread, writer, reader_threads, max_batch if group_commit else 1)
 
     async def write(self, work: Work[T]) -> T:
         if self._closed or self._task.done():
@@ -177,15 +173,12 @@ class SqliteBackend:
     async def read(self, work: Work[T]) -> T:
         if self._closed:
             raise RuntimeError("storage is closed")
-        connection = await self._readers.get()
+        reader = await self._readers.get()
         try:
-            await connection.execute("BEGIN")  # one snapshot for every statement of the work
-            try:
-                return await work(ReaderTransaction(connection))
-            finally:
-                await connection.execute("COMMIT")
+            return await asyncio.get_running_loop().run_in_executor(
+                reader.thread, _read_snapshot, reader.connection, work)
         finally:
-            self._readers.put_nowait(connection)
+            self._readers.put_nowait(reader)
 
     async def close(self) -> None:
         if self._closed:
@@ -193,8 +186,7 @@ class SqliteBackend:
         self._closed = True
         await self._queue.put(None)  # after every unit already queued
         await self._task
-        for reader in self._all_readers:
-            await reader.close()
+        await _close_readers(self._all_readers)  # after any read in flight: each thread runs one job at a time
         await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
         self._thread.shutdown()
 
