@@ -158,10 +158,13 @@ async def changes_reply(storage: Storage, device_id: str) -> tuple[ConfigReply, 
 
     Returns the reply and the version it delivered (None when nothing was delivered).
     """
-    taken = await storage.take_config_change(device_id)
-    if taken is not None:
-        return DesiredConfig.from_json(taken.config).reply(), taken
+    # Devices ask every few seconds and almost always in vain: that answer comes from one read.
     current = await storage.current_config(device_id)
+    if current is not None and current.status is ConfigStatus.PENDING:
+        taken = await storage.take_config_change(device_id)
+        if taken is not None:
+            return DesiredConfig.from_json(taken.config).reply(), taken
+        current = await storage.current_config(device_id)  # another process delivered it meanwhile
     settings = DeviceSettings() if current is None else DesiredConfig.from_json(current.config).settings
     return DesiredConfig(settings).reply(), None
 

@@ -59,12 +59,7 @@ class ConfigStore(StorePart):
         return await self._backend.write(work)
 
     async def take_config_change(self, device_id: str) -> ConfigVersion | None:
-        """The pending version, now marked delivered; None when nothing changed since the last delivery.
-        Devices ask every minute and almost always in vain: that answer comes from a read alone."""
-        pending = await self._backend.read(lambda tx: tx.fetchval(
-            "SELECT 1 FROM config_versions WHERE device_id = ? AND status = 'pending' LIMIT 1", device_id))
-        if not pending:
-            return None
+        """The pending version, now marked delivered; None when nothing changed since the last delivery."""
         return await self._one(
             _config,
             "UPDATE config_versions SET status = 'delivered', delivered_at = ? "
