@@ -2,10 +2,10 @@
 
 The boards (reference profile: 2 s poll, 15 s upload, 5 s config check, 10 s command poll, 60 s OTA
 check) run in this process on one event loop at `SCALE` device seconds per real second, against the
-real simulator and a minimal stand-in cloud served from a child process (so they do not share this
-core). A fleet size passes when, over `DEVICE_SECONDS`, no timer expiry of any board collapsed into
-the next (a missed deadline) and no poll started later than `LATENESS` of its period after its expiry.
-The fleet size doubles until it fails.
+real simulator and the fleet bench's stand-in cloud, both served from a child process (so they do not
+share this core). A fleet size passes when, over `DEVICE_SECONDS`, no timer expiry of any board
+collapsed into the next (a missed deadline) and no poll started later than `LATENESS` of its period
+after its expiry. The fleet size doubles until it fails.
 
 Baseline, measured side by side: a bare client doing the same wire traffic (a frame read every poll
 period, an envelope every upload period) with no firmware model, ramped the same way; the ratio shows
@@ -15,17 +15,15 @@ what the model costs on top of aiohttp.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from bench import Result
+from bench.fleet import stand_in
 from device_emulator.config import DeviceConfig
 from device_emulator.device import Device
 from protocol import modbus
@@ -38,36 +36,6 @@ DEVICE_SECONDS = 60.0  # observed window per fleet size
 LATENESS = 0.5  # a poll may start at most this fraction of its period after its expiry
 START = 25
 LIMIT = 1600
-
-
-def _serve(urls: Any, stop: Any) -> None:
-    """Child process: the simulator and a stand-in cloud that accepts everything."""
-    from sim_inverter.service import SimConfig, SimService
-
-    async def ok(request: web.Request) -> web.Response:
-        await request.read()
-        if request.path.startswith("/ota/check/"):
-            return web.json_response({"success": True, "update_available": False, "update_info": {}})
-        if request.path == "/command/poll":
-            return web.json_response({"message": "No pending commands"})
-        return web.json_response({"Changed": False} if request.path == "/changes" else {"status": "success"})
-
-    async def main() -> None:
-        sim = SimService(SimConfig(http_port=0, modbus_port=None, time_scale=SCALE, time_offset=43200))
-        await sim.start()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", ok)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0, backlog=4096).start()
-        host, port = runner.addresses[0][:2]
-        urls.put((sim.http_url, f"http://{host}:{port}"))
-        while not stop.is_set():
-            await asyncio.sleep(0.1)
-        await runner.cleanup()
-        await sim.stop()
-
-    asyncio.run(main())
 
 
 async def _emulated(count: int, inverter: str, cloud: str, base: Path) -> bool:
@@ -168,19 +136,12 @@ async def _ramp(kind: str, inverter: str, cloud: str) -> int:
 
 
 def main() -> list[Result]:
-    context = multiprocessing.get_context("spawn")
-    urls, stop = context.Queue(), context.Event()
-    server = context.Process(target=_serve, args=(urls, stop), daemon=True)
-    server.start()
-    try:
-        inverter, cloud = urls.get(timeout=120)
+    with stand_in(simulator_scale=SCALE) as servers:
+        assert servers.inverter is not None
         started = time.perf_counter()
-        emulated = asyncio.run(_ramp("emulated", inverter, cloud))
-        bare = asyncio.run(_ramp("bare", inverter, cloud))
+        emulated = asyncio.run(_ramp("emulated", servers.inverter, servers.cloud))
+        bare = asyncio.run(_ramp("bare", servers.inverter, servers.cloud))
         print(f"  ({time.perf_counter() - started:.0f} s)")
-    finally:
-        stop.set()
-        server.join(timeout=10)
     return [
         Result(
             "device_cadence",
