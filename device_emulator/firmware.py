@@ -263,7 +263,7 @@ class Firmware:
                     self.running = None
 
     async def _upload(self) -> None:
-        await self.uploader.upload()
+        await self.uploader.tick()
         settings = await _settle(self.parts.config.apply_pending())
         if settings is not None:
             self.apply_settings(settings)

@@ -52,7 +52,7 @@ class Quirks:
     # --- upload ---
     document_truncated_2048: bool = True
     """§4.2, §11.2.8: the inner document is cut at 2048 bytes, so more than ~4 queued packets are sent as
-    invalid JSON forever; fixed: an upload carries only as many packets as fit, the rest wait."""
+    invalid JSON forever; fixed: the tick sends the queue as several documents that fit, one after another."""
     only_200_is_success: bool = True
     """§2.4, §11.2.8: only HTTP 200 counts as a successful upload (201/204 re-queue the packets)."""
 

@@ -6,8 +6,9 @@ signed into the envelope and POSTed to `/process`. Only HTTP 200 is success; any
 drained packets back at the front of the queue for the next tick, which uses a fresh nonce.
 
 Quirks honoured here: `document_truncated_2048` (1.0.4 signs and sends the first 2047 bytes of a longer
-document; the fix uploads only as many packets as fit and leaves the rest queued) and
-`only_200_is_success` (the fix accepts any 2xx).
+document; the fix keeps the 2048-byte buffer and sends the queue as as many documents as it takes, one
+after another on the same tick, until it is empty or one fails) and `only_200_is_success` (the fix
+accepts any 2xx).
 
 Tagged points: `upload.nonce_saved` (nonce durable, nothing sent) and `upload.sent` (the cloud has
 answered, the device has not looked at the answer yet).
@@ -66,8 +67,22 @@ class Uploader:
         self.last: UploadResult | None = None
         self.attempts = 0
 
+    async def tick(self) -> list[UploadResult]:
+        """The upload tick: 1.0.4 sends one document; the fix sends documents until the queue is empty
+        or one fails (a backlog left by an outage leaves at once instead of 3-4 packets a tick while the
+        queue overflows). Nothing is queued meanwhile: the firmware polls on the same loop."""
+        results: list[UploadResult] = []
+        for _ in range(len(self.queue)):  # each document carries at least one packet
+            result = await self.upload()
+            if result is None:
+                break
+            results.append(result)
+            if self.quirks.document_truncated_2048 or not result.ok:
+                break
+        return results
+
     async def upload(self) -> UploadResult | None:
-        """One upload tick; None when the queue is empty (nothing sent, no nonce used)."""
+        """One document; None when the queue is empty (nothing sent, no nonce used)."""
         if not len(self.queue):
             return None
         packets = self.queue.drain(None if self.quirks.document_truncated_2048 else self._fitting())

@@ -78,7 +78,7 @@ async def test_an_outage_is_buffered_and_delivered_afterwards(hil_stack, hil_clo
         if device is not None and device.queue is not None:
             depths.append(len(device.queue))
     if depths:
-        hil_measure("queue_depth_at_end_of_outage", depths[-1], "packets", low=8, high=20)
+        hil_measure("deepest_queue_during_outage", max(depths), "packets", low=8, high=20)
 
     hil_measure("catch_up_time", await drained(hil_stack, UPLOAD_S), "s", high=20 * UPLOAD_S)
     delivered = await delivery(hil_stack)

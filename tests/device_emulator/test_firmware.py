@@ -76,7 +76,7 @@ def firmware(tmp_path, profile=REFERENCE, **timings) -> tuple[Firmware, Recorder
         await recorder.step("upload")
 
     fw.acquisition.poll = poll  # type: ignore[method-assign]
-    fw.uploader.upload = upload  # type: ignore[method-assign]
+    fw.uploader.tick = upload  # type: ignore[method-assign]
     return fw, recorder
 
 

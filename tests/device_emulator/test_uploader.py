@@ -183,11 +183,22 @@ async def test_document_truncated_2048(tmp_path, cloud, session) -> None:
     fixed, queue = uploader(tmp_path / "spec", cloud, session, SPEC)
     for i in range(8):
         queue.put(packet(i))
-    result = await fixed.upload()
-    carried = len(cloud.uploads[1].document.packets)
-    assert result.ok and 1 <= carried < 8 and len(queue) == 8 - carried
-    assert len(result.document) <= DOCUMENT_LIMIT
-    while len(queue):  # the rest follows on the next ticks, in order
-        await fixed.upload()
+    results = await fixed.tick()  # one tick: as many documents as it takes, each one whole
+    assert len(results) >= 2 and all(r.ok and len(r.document) <= DOCUMENT_LIMIT for r in results)
+    assert len(queue) == 0 and [r.nonce for r in results] == sorted({r.nonce for r in results})
     stamps = [p.metadata.timestamp for u in cloud.uploads[1:] for p in u.document.packets]
     assert stamps == [1000 + i for i in range(8)]
+
+
+async def test_a_tick_stops_at_the_first_failed_document_and_keeps_the_rest(tmp_path, cloud, session) -> None:
+    fixed, queue = uploader(tmp_path, cloud, session, SPEC)
+    for i in range(8):
+        queue.put(packet(i))
+    cloud.process_status = 503
+    [failed] = await fixed.tick()
+    assert not failed.ok and len(queue) == 8  # put back, in order, for the next tick
+    reference, queue = uploader(tmp_path / "ref", cloud, session, REFERENCE)
+    queue.put(packet(0))
+    queue.put(packet(1))
+    cloud.process_status = 200
+    assert len(await reference.tick()) == 1  # 1.0.4: one document a tick
