@@ -77,11 +77,13 @@ class FaultProxy:
         upstream_port: int,
         *,
         listen_port: int = 0,
+        listen_host: str = HOST,
         seed: int = 0,
         http: bool = True,
         time_scale: float = 1.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        self.listen_host = listen_host  # loopback, unless a board elsewhere on the bench must reach it
         if time_scale <= 0:
             raise ValueError(f"time_scale must be positive, not {time_scale!r}")
         self.upstream = (upstream_host, upstream_port)
@@ -108,7 +110,7 @@ class FaultProxy:
         def protocol() -> asyncio.StreamReaderProtocol:
             return asyncio.StreamReaderProtocol(_TapReader(loop=loop), self._serve, loop=loop)
 
-        self._server = await loop.create_server(protocol, HOST, self._listen_port)
+        self._server = await loop.create_server(protocol, self.listen_host, self._listen_port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -145,7 +147,7 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        return f"{'http' if self.http else 'tcp'}://{HOST}:{self.port}"
+        return f"{'http' if self.http else 'tcp'}://{self.listen_host}:{self.port}"
 
     # --- toxics -------------------------------------------------------------------------------
 

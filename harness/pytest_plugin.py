@@ -65,6 +65,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ecowatt", "EcoWatt HIL")
     group.addoption("--dut", choices=("emu", "board"), default="emu", help="device under test")
     group.addoption("--port", default=None, help="serial port of the board (with --dut board)")
+    group.addoption("--board-host", default="127.0.0.1",
+                    help="address the board reaches this machine at (its Wi-Fi); the proxies listen there")
     group.addoption(
         "--profile", choices=("spec", "reference-1.0.4"), default="spec", help="emulated firmware"
     )
@@ -191,6 +193,7 @@ def stack_options(config: pytest.Config, marker: pytest.Mark | None) -> Any:
         seed=config.getoption("seed"),
         dut=dut,
         port=config.getoption("port"),
+        board_host=config.getoption("board_host"),
         # A board brings its own process; its simulator and cloud run here, on the run's (scaled) clock,
         # so what the cloud stamps is device time, as the board's periods are.
         processes=mode != "virtual" and dut != "board",

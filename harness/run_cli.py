@@ -33,6 +33,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     parser.add_argument("paths", nargs="*", metavar="PATH", help="scenario files or directories (default: scenarios/)")
     parser.add_argument("--dut", choices=("emu", "board"), default="emu", help="device under test (default emu)")
     parser.add_argument("--port", help="serial port of the board (with --dut board)")
+    parser.add_argument("--board-host", metavar="ADDRESS",
+                        help="the address the board reaches this machine at, e.g. its Wi-Fi LAN address "
+                             "(default 127.0.0.1: the emulator's serial endpoint on this machine)")
     parser.add_argument("--profile", choices=PROFILES, default="spec", help="emulated firmware (default spec)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulator and fault schedules")
     parser.add_argument("--time", type=_time_mode, default="virtual", help="virtual | real | scale:X")
@@ -44,7 +47,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 def options_from(args: argparse.Namespace) -> RunOptions:
-    return RunOptions(paths=tuple(args.paths), dut=args.dut, port=args.port, profile=args.profile, seed=args.seed,
+    return RunOptions(paths=tuple(args.paths), dut=args.dut, port=args.port, board_host=args.board_host, profile=args.profile, seed=args.seed,
                       time=args.time, report_dir=args.report, keyword=args.keyword, cloud_db=args.cloud_db)
 
 

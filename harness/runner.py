@@ -76,6 +76,7 @@ class RunOptions:
     paths: tuple[str, ...] = ()  # empty: the default suite (scenarios/)
     dut: str = "emu"
     port: str | None = None
+    board_host: str | None = None  # what a board on Wi-Fi reaches this machine at
     profile: str = "spec"
     seed: int = 1
     time: str = "virtual"
@@ -92,6 +93,8 @@ class RunOptions:
         args = ["--dut", self.dut, "--profile", self.profile, "--seed", str(self.seed), "--time", self.time]
         if self.port:
             args += ["--port", self.port]
+        if self.board_host:
+            args += ["--board-host", self.board_host]
         if self.cloud_db:
             args += ["--cloud-db", self.cloud_db]
         return args

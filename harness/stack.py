@@ -86,6 +86,9 @@ class StackOptions:
     seed: int = 1
     dut: str = "emu"  # emu | board
     port: str | None = None  # the board's serial port
+    # The address a board reaches this machine at (its Wi-Fi): the proxies listen there and the board is
+    # provisioned with it. Loopback suits the emulator's serial endpoint on this machine.
+    board_host: str = "127.0.0.1"
     processes: bool = False
     cloud_db: str | None = None  # None: SQLite in the stack's directory
     transport: str = "http"  # how devices reach their simulator: http (the firmware's) or modbus-tcp
@@ -549,16 +552,22 @@ class Stack:
                     options.transport == "http", options.inverter_port),
         }
         for link, (upstream, http, listen) in targets.items():
-            proxy = FaultProxy("127.0.0.1", upstream, listen_port=listen, seed=options.seed * 1000 + index,
+            proxy = FaultProxy("127.0.0.1", upstream, listen_port=listen, listen_host=self._listen_host,
+                               seed=options.seed * 1000 + index,
                                http=http, time_scale=self.clock.time_scale, clock=self.clock.now)
             await proxy.start()
             self.proxies[(link, device_id)] = proxy
+
+    @property
+    def _listen_host(self) -> str:
+        return self.options.board_host if self.options.dut == "board" else "127.0.0.1"
 
     def _urls_for(self, device_id: str) -> tuple[str, str]:
         cloud = self.proxies[("cloud", device_id)]
         sim = self.proxies[("sim", device_id)]
         scheme = "http" if self.options.transport == "http" else "modbus-tcp"
-        return f"http://127.0.0.1:{cloud.port}", f"{scheme}://127.0.0.1:{sim.port}"
+        host = self._listen_host
+        return f"http://{host}:{cloud.port}", f"{scheme}://{host}:{sim.port}"
 
     def _console(self, device_id: str, fed_from_outside: bool) -> DutConsole:
         """A DUT's console; one fed by a thread or a process is looked at every tenth of a real second."""

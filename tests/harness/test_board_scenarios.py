@@ -32,6 +32,9 @@ SCENARIO = REPO / "scenarios" / "test_upload_cycle.py"  # four 15-minute cycles:
 SCALE = 50
 MAC = "24:0a:c4:5c:a1:e0"  # not the emulator's default: the report must have read it from this board
 NOWHERE = "http://127.0.0.1:9"
+# Where the board reaches this machine (`--board-host`: a real board's is the LAN address of its Wi-Fi);
+# another loopback address, so the test shows the harness listens and provisions where it is told.
+BOARD_HOST = "127.0.0.2"
 ECOWATT = [sys.executable, "-m", "harness.cli"]
 
 
@@ -68,7 +71,8 @@ async def test_an_unmodified_scenario_module_passes_on_a_board_behind_an_rfc2217
     console = tmp_path / "board-console.log"
     async with emulated_board(tmp_path / "board", console) as port:
         process = await asyncio.create_subprocess_exec(
-            *ECOWATT, "run", str(SCENARIO), "--dut", "board", "--port", port, "--time", f"scale:{SCALE}",
+            *ECOWATT, "run", str(SCENARIO), "--dut", "board", "--port", port, "--board-host", BOARD_HOST,
+            "--time", f"scale:{SCALE}",
             "--report", str(report),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
@@ -90,6 +94,7 @@ async def test_an_unmodified_scenario_module_passes_on_a_board_behind_an_rfc2217
     marker = runpy.run_path(str(SCENARIO))
     lines = console.read_text(errors="replace").splitlines()
     provisioned = [line for line in lines if "[main] provisioned: device" in line]
-    assert provisioned and re.search(r"cloud http://127\.0\.0\.1:\d+, inverter http://127", provisioned[-1])
+    assert provisioned and re.search(rf"cloud http://{re.escape(BOARD_HOST)}:\d+, inverter http://{re.escape(BOARD_HOST)}:",
+                                     provisioned[-1]), provisioned
     assert NOWHERE not in provisioned[-1]
     assert any(f"poll {marker['POLL_S']} s, upload {marker['UPLOAD_S']} s" in line for line in lines)
