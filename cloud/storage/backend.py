@@ -49,6 +49,10 @@ class Backend(Protocol):
 
     async def read(self, work: Work[T]) -> T: ...
 
+    async def query(self, sql: str, *args: Any) -> list[Row]:
+        """One read statement, its own snapshot: no transaction around it (a device's routine poll is
+        one, and BEGIN/COMMIT would double its round trips)."""
+
     async def close(self) -> None: ...
 
 
@@ -62,17 +66,18 @@ class StorePart:
     # Shorthands for operations that are a single statement.
 
     async def _one(self, convert: Callable[[Row], R], sql: str, *args: Any, write: bool = False) -> R | None:
+        if not write:
+            rows = await self._backend.query(sql, *args)
+            return convert(rows[0]) if rows else None
+
         async def work(tx: Transaction) -> R | None:
             row = await tx.fetchrow(sql, *args)
             return None if row is None else convert(row)
 
-        return await (self._backend.write(work) if write else self._backend.read(work))
+        return await self._backend.write(work)
 
     async def _all(self, convert: Callable[[Row], R], sql: str, *args: Any) -> list[R]:
-        async def work(tx: Transaction) -> list[R]:
-            return [convert(row) for row in await tx.fetch(sql, *args)]
-
-        return await self._backend.read(work)
+        return [convert(row) for row in await self._backend.query(sql, *args)]
 
     async def _change(self, sql: str, *args: Any) -> int:
         async def work(tx: Transaction) -> int:

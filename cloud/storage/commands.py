@@ -57,8 +57,8 @@ class CommandStore(StorePart):
                             max_deliveries: int = 3) -> Command | None:
         """The command to deliver to the device now (marked delivered, under lease), or None.
         A device with no open command (nearly every poll) is answered from a read, without a lock."""
-        open_command = await self._backend.read(lambda tx: tx.fetchval(
-            "SELECT 1 FROM commands WHERE device_id = ? AND status IN ('queued', 'delivered') LIMIT 1", device_id))
+        open_command = await self._backend.query(
+            "SELECT 1 FROM commands WHERE device_id = ? AND status IN ('queued', 'delivered') LIMIT 1", device_id)
         if not open_command:
             return None
 

@@ -194,11 +194,10 @@ class OtaStore(StorePart):
     async def note_firmware_version(self, device_id: str, version: str) -> bool:
         """Record the firmware version a known device reports (unauthenticated: never creates a device).
         Every update check reports one: an unchanged version is only read, so checks cost no write."""
-        known = await self._backend.read(lambda tx: tx.fetchrow(
-            "SELECT firmware_version FROM devices WHERE device_id = ?", device_id))
-        if known is None:
+        known = await self._backend.query("SELECT firmware_version FROM devices WHERE device_id = ?", device_id)
+        if not known:
             return False
-        if known["firmware_version"] == version:
+        if known[0]["firmware_version"] == version:
             return True
         return await self._change("UPDATE devices SET firmware_version = ? WHERE device_id = ?", version, device_id) > 0
 

@@ -90,6 +90,10 @@ class PostgresBackend:
         ):
             return await work(PostgresTransaction(connection))
 
+    async def query(self, sql: str, *args: Any) -> list[Row]:
+        async with self._operation():
+            return list(await self._pool.fetch(self.dialect.query(sql), *args))
+
     async def close(self) -> None:
         """Let the operations under way finish, then close the pool."""
         if self._closed:

@@ -116,6 +116,10 @@ async def _close_readers(readers: list[_Reader]) -> None:
         reader.thread.shutdown()
 
 
+def _query(connection: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[Row]:
+    return list(connection.execute(sql, args).fetchall())
+
+
 def _read_snapshot(connection: sqlite3.Connection, work: Work[T]) -> T:
     """On a reader thread: the whole read in one snapshot."""
     connection.execute("BEGIN")
@@ -177,6 +181,15 @@ class SqliteBackend:
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 reader.thread, _read_snapshot, reader.connection, work)
+        finally:
+            self._readers.put_nowait(reader)
+
+    async def query(self, sql: str, *args: Any) -> list[Row]:
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        reader = await self._readers.get()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(reader.thread, _query, reader.connection, sql, args)
         finally:
             self._readers.put_nowait(reader)
 
