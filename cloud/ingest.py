@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -36,6 +36,7 @@ from cloud.storage import (
     IngestRequest,
     IngestResult,
     OutboxMessage,
+    PacketIn,
     PacketStatus,
     Storage,
     Verdict,
@@ -228,9 +229,11 @@ class Ingestor:
 
     # --- the three routes ---
 
-    def _rendering(self) -> bool:
-        """Whether anyone will read the rendered telemetry: the outbox, or a live event subscriber."""
-        return self.outbox or self.events.subscriber_count > 0
+    def _render(self, device_id: str, packets: Sequence[PacketIn], received_at: float) -> list[RenderedPacket]:
+        """The packets' telemetry JSON, when anyone will read it: the outbox, or a live event subscriber."""
+        if not self.outbox and not self.events.subscriber_count:
+            return []
+        return [render_packet(device_id, p, received_at) for p in packets]
 
     def _predict(self, device_id: str, document: UploadDocument | None, received_at: float) -> _Prediction | None:
         """Decode before the transaction with the mirror this process committed last, if it has one."""
@@ -239,7 +242,7 @@ class Ingestor:
             return None
         assumed, mirror = cached
         decoded = decode_with_mirror(document, mirror, received_at)
-        rendered = [render_packet(device_id, p, received_at) for p in decoded.packets] if self._rendering() else []
+        rendered = self._render(device_id, decoded.packets, received_at)
         return _Prediction(assumed, decoded, rendered, mirror)
 
     async def process(self, body: bytes) -> IngestReply:
@@ -263,8 +266,7 @@ class Ingestor:
                 return
             mirror = DeviceMirror.load(state)
             decoding.decoded = decode_with_mirror(document, mirror, received_at, problem=problem)
-            decoding.rendered = ([render_packet(device_id, p, received_at) for p in decoding.decoded.packets]
-                                 if self._rendering() else [])
+            decoding.rendered = self._render(device_id, decoding.decoded.packets, received_at)
             decoding.mirror = mirror
 
         def reply(result: IngestResult, decoding: _Decoding) -> dict[str, Any]:
@@ -318,7 +320,7 @@ class Ingestor:
         message = ("Compressed data processed and published" if seed.kind == "compressed"
                    else "Aggregated data processed and published")
 
-        rendered = [render_packet(url_device_id, seed.packet, received_at)]
+        rendered = self._render(url_device_id, [seed.packet], received_at)
         decoding = _Decoding()
 
         def decode(state: str | None) -> None:

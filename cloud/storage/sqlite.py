@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,21 +175,18 @@ class SqliteBackend:
         return await future
 
     async def read(self, work: Work[T]) -> T:
-        if self._closed:
-            raise RuntimeError("storage is closed")
-        reader = await self._readers.get()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                reader.thread, _read_snapshot, reader.connection, work)
-        finally:
-            self._readers.put_nowait(reader)
+        return await self._on_reader(_read_snapshot, work)
 
     async def query(self, sql: str, *args: Any) -> list[Row]:
+        return await self._on_reader(_query, sql, args)
+
+    async def _on_reader(self, job: Callable[..., T], *args: Any) -> T:
+        """`job(connection, *args)` on a free reader's own thread: one hop."""
         if self._closed:
             raise RuntimeError("storage is closed")
         reader = await self._readers.get()
         try:
-            return await asyncio.get_running_loop().run_in_executor(reader.thread, _query, reader.connection, sql, args)
+            return await asyncio.get_running_loop().run_in_executor(reader.thread, job, reader.connection, *args)
         finally:
             self._readers.put_nowait(reader)
 
