@@ -128,13 +128,19 @@ class InFlight:
         return True
 
 
-def _matches(table: tuple[tuple[str, re.Pattern[str]], ...], request: web.Request) -> bool:
-    method = "GET" if request.method == "HEAD" else request.method
-    return any(method == m and pattern.fullmatch(request.path) for m, pattern in table)
+def _open_paths_by_method() -> dict[str, re.Pattern[str]]:
+    """One pattern per method for every route open without a token: checked on every request."""
+    routes = (*DEVICE_ROUTES, *PUBLIC_ROUTES)
+    return {method: re.compile("|".join(f"(?:{p.pattern})" for m, p in routes if m == method))
+            for method in {m for m, _ in routes}}
+
+
+_OPEN_PATHS = _open_paths_by_method()
 
 
 def is_operator_route(request: web.Request) -> bool:
-    return not (_matches(DEVICE_ROUTES, request) or _matches(PUBLIC_ROUTES, request))
+    pattern = _OPEN_PATHS.get("GET" if request.method == "HEAD" else request.method)
+    return pattern is None or pattern.fullmatch(request.path) is None
 
 
 @web.middleware

@@ -1,7 +1,7 @@
 """Turning an authentic upload document into storable packets and samples, with the device's mirror.
 
 Firmware family (`/process`, firmware-protocol.md §3, §4.2): each device's decoder state is mirrored
-and stored with its data (`DeviceMirror`, JSON in the storage's codec state). A document whose
+and stored with its data (`DeviceMirror`, in the storage's codec state). A document whose
 `timestamp` (millis since boot) went backwards, or a packet never seen before that is not newer than
 the last one, means the device rebooted: the boot counter advances and the mirror restarts, as the
 device's own compression state did. A packet already decoded in this boot (re-sent after a lost
@@ -24,28 +24,25 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import cycle, islice, repeat
 from typing import Any
 
+from cloud.device_mirror import DeviceMirror
 from cloud.storage import SAMPLE_ID_STRIDE, DecodedUpload, PacketIn, PacketStatus, SampleIn
 from protocol.compression import (
     BATCH_SAMPLES,
-    CodecState,
     Decoded,
     DecodeStatus,
     decode_compressed_binary,
     decode_packet,
 )
-from protocol.errors import CodecError, DocumentError, EcoWattError, RegisterError
+from protocol.errors import CodecError, DocumentError, RegisterError
 from protocol.json_wire import JsonObject, is_integer
 from protocol.registers import REGISTER_COUNT, Register, by_address, resolve
 from protocol.seed_codecs import decode_seed
 from protocol.upload_document import CompressedPacket, UploadDocument
 
-MIRROR_VERSION = 1
-# Packets remembered per boot to recognise re-sends: the firmware's queue holds 20, so a re-sent
-# packet is always among the last few dozen received.
-RECENT_PACKETS = 64
 SEED_BOOT = -1
 UNKNOWN_ADDRESS = -1
 _STATUS = {
@@ -77,73 +74,6 @@ def signed_device_id(document: bytes) -> str | None:
     return text if text and text.isprintable() and "/" not in text and len(text) <= 64 else None
 
 
-@dataclass
-class DeviceMirror:
-    """What the cloud keeps per device between uploads: the boot counter, where this boot stands, and
-    the mirrored compression state."""
-
-    boot: int = 0
-    document_ts: int | None = None  # `timestamp` of the last accepted document of this boot
-    packet_ts: int | None = None  # newest packet timestamp decoded in this boot
-    recent: list[tuple[int, str]] = field(default_factory=list)  # (packet ts, content sha256)
-    codec: CodecState = field(default_factory=CodecState)
-    note: str | None = None  # why the stored state was not usable, if it was not
-
-    @classmethod
-    def load(cls, text: str | None) -> DeviceMirror:
-        if text is None:
-            return cls()
-        try:
-            doc = json.loads(text)
-            if not isinstance(doc, dict) or doc.get("version") != MIRROR_VERSION:
-                raise DocumentError("unknown mirror version")
-            boot, document_ts, packet_ts = doc["boot"], doc["document_ts"], doc["packet_ts"]
-            if not is_integer(boot) or any(v is not None and not is_integer(v) for v in (document_ts, packet_ts)):
-                raise DocumentError("mirror counters must be integers")
-            return cls(
-                boot=boot,
-                document_ts=document_ts,
-                packet_ts=packet_ts,
-                recent=[(int(ts), str(sha)) for ts, sha in doc["recent"]],
-                codec=CodecState.from_json(doc["codec"]),
-            )
-        except (EcoWattError, ValueError, KeyError, TypeError) as error:
-            # A state this code cannot read: restart the mirror in a new boot rather than guess.
-            return cls(boot=_old_boot(text) + 1, note=f"decoder state unreadable ({error}): mirror restarted")
-
-    def to_json(self) -> str:
-        return json.dumps({
-            "version": MIRROR_VERSION,
-            "boot": self.boot,
-            "document_ts": self.document_ts,
-            "packet_ts": self.packet_ts,
-            "recent": [list(item) for item in self.recent[-RECENT_PACKETS:]],
-            "codec": self.codec.to_json(),
-        }, separators=(",", ":"))
-
-    def reboot(self) -> None:
-        self.boot += 1
-        self.document_ts = self.packet_ts = None
-        self.recent = []
-        self.codec = CodecState()
-
-    def seen(self, packet_ts: int, sha: str) -> bool:
-        return (packet_ts, sha) in self.recent
-
-    def remember(self, packet_ts: int, sha: str) -> None:
-        self.recent.append((packet_ts, sha))
-        del self.recent[:-RECENT_PACKETS]
-        self.packet_ts = packet_ts if self.packet_ts is None else max(self.packet_ts, packet_ts)
-
-
-def _old_boot(text: str) -> int:
-    try:
-        boot = json.loads(text).get("boot", 0)
-        return boot if is_integer(boot) else 0
-    except (ValueError, AttributeError):
-        return 0
-
-
 @dataclass(frozen=True)
 class _Packet:
     """One `compressed_data` entry, read as far as it can be."""
@@ -171,9 +101,10 @@ def _read_packet(entry: CompressedPacket) -> _Packet:
 
 
 def _samples(decoded: Decoded, layout: Sequence[int], sampled_at: float) -> list[SampleIn]:
-    n = len(layout)
-    return [SampleIn(index=k // n, address=layout[k % n], raw=value, sampled_at=sampled_at)
-            for k, value in enumerate(decoded.values)]
+    # Built column by column: an upload makes dozens, on the ingest hot path.
+    n, count = len(layout), len(decoded.values)
+    return list(map(SampleIn._make, zip([k // n for k in range(count)], islice(cycle(layout), count), decoded.values,
+                                        repeat(None), repeat(sampled_at))))
 
 
 def _decode(mirror: DeviceMirror, packet: _Packet, sampled_at: float) -> PacketIn:
@@ -220,7 +151,7 @@ def decode_with_mirror(document: UploadDocument | None, mirror: DeviceMirror, re
                        problem: str | None = None) -> DecodedUpload:
     """`decode_firmware_upload` on a mirror already loaded, which it moves on (in place)."""
     if document is None:
-        return DecodedUpload((), None if mirror.note is None else mirror.to_json(), problem or "no document")
+        return DecodedUpload((), None if mirror.note is None else mirror.dump(), problem or "no document")
     packets = [_read_packet(entry) for entry in document.packets]
     notes = [mirror.note] if mirror.note else []
     mirror.note = None
@@ -239,7 +170,7 @@ def decode_with_mirror(document: UploadDocument | None, mirror: DeviceMirror, re
         age = max(0, document.timestamp - packet.ts) / 1000.0
         stored.append(_decode(mirror, packet, received_at - age))
         mirror.remember(packet.ts, packet.sha256)
-    return DecodedUpload(stored, mirror.to_json(), "; ".join(notes) or None)
+    return DecodedUpload(stored, mirror.dump(), "; ".join(notes) or None)
 
 
 # --- the seed family --------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from cloud.storage.backend import Row, StorePart, Transaction
+from cloud.storage.backend import Backend, Row, StorePart, Transaction
 from cloud.storage.devices import ensure_device
 from cloud.storage.outbox import insert_messages
 from cloud.storage.records import (
@@ -71,11 +72,12 @@ def _samples_of(row: Row) -> list[TelemetrySample]:
 
 
 async def _insert_upload(tx: Transaction, device_id: str, nonce: int | None, verdict: str, reason: str | None,
-                         packets: int, body_bytes: int, envelope_sha256: str | None, now: float) -> int:
+                         packets: int, body_bytes: int, envelope_sha256: str | None, now: float, *,
+                         new_packets: int = 0, samples: int = 0) -> int:
     upload_id = await tx.fetchval(
-        "INSERT INTO uploads (device_id, nonce, verdict, reason, packets, body_bytes, envelope_sha256, received_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        device_id, nonce, verdict, reason, packets, body_bytes, envelope_sha256, now,
+        "INSERT INTO uploads (device_id, nonce, verdict, reason, packets, new_packets, samples, body_bytes, "
+        "envelope_sha256, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        device_id, nonce, verdict, reason, packets, new_packets, samples, body_bytes, envelope_sha256, now,
     )
     return int(upload_id)
 
@@ -103,8 +105,10 @@ async def _store_packets(tx: Transaction, request: IngestRequest, packets: Seque
         key = (request.device_id, packet.boot_id, packet.packet_ts, packet.content_sha256)
         if len(packet.samples) >= SAMPLE_ID_STRIDE:
             raise ValueError(f"a packet of {len(packet.samples)} samples: the decoders make fewer")
-        rows = [(s.index, s.address, s.raw, s.device_ms, now if s.sampled_at is None else s.sampled_at)
-                for s in packet.samples]
+        rows: Sequence[Sequence[Any]] = packet.samples  # stored as they are when every time is known
+        if any(s.sampled_at is None for s in rows):
+            rows = [(s.index, s.address, s.raw, s.device_ms, now if s.sampled_at is None else s.sampled_at)
+                    for s in packet.samples]
         times = [r[4] for r in rows]
         packet_id = await tx.fetchval(
             "INSERT INTO packets (device_id, boot_id, packet_ts, content_sha256, codec, status, reason, sample_count, "
@@ -128,9 +132,12 @@ async def _store_packets(tx: Transaction, request: IngestRequest, packets: Seque
     return stored, samples
 
 
-async def ingest_once(tx: Transaction, request: IngestRequest, now: float) -> IngestResult:
+async def ingest_once(tx: Transaction, request: IngestRequest, now: float, *,
+                      device_stored: bool = False) -> IngestResult:
+    """`device_stored`: the device's row is known to exist (devices are never deleted), one statement less."""
     device_id = request.device_id
-    await ensure_device(tx, device_id, now)
+    if not device_stored:
+        await ensure_device(tx, device_id, now)
     # Insert or advance the nonce, in one statement; a row is written only if the nonce is greater.
     advanced = await tx.execute(
         "INSERT INTO nonces (device_id, last_nonce, last_envelope_sha256, updated_at) VALUES (?, ?, ?, ?) "
@@ -145,8 +152,11 @@ async def ingest_once(tx: Transaction, request: IngestRequest, now: float) -> In
     # The nonce row is ours until commit, so the decoder state read here cannot change under us.
     state = await tx.fetchval("SELECT state FROM codec_states WHERE device_id = ?", device_id)
     decoded = request.decode(state)
+    # Counted as if every packet were new: only a re-send after a lost acknowledgement needs correcting.
+    expected = sum(len(p.samples) for p in decoded.packets)
     upload_id = await _insert_upload(tx, device_id, request.nonce, Verdict.ACCEPTED, decoded.reason,
-                                     len(decoded.packets), request.body_bytes, request.envelope_sha256, now)
+                                     len(decoded.packets), request.body_bytes, request.envelope_sha256, now,
+                                     new_packets=len(decoded.packets), samples=expected)
     stored, samples = await _store_packets(tx, request, decoded.packets, upload_id, now)
     if decoded.codec_state is not None:
         await tx.execute(
@@ -159,8 +169,9 @@ async def ingest_once(tx: Transaction, request: IngestRequest, now: float) -> In
         now, now, device_id,
     )
     result = IngestResult(Verdict.ACCEPTED, upload_id, device_id, request.nonce, tuple(stored), samples)
-    await tx.execute("UPDATE uploads SET new_packets = ?, samples = ? WHERE id = ?",
-                     result.new_packets, samples, upload_id)
+    if result.new_packets != len(decoded.packets) or samples != expected:
+        await tx.execute("UPDATE uploads SET new_packets = ?, samples = ? WHERE id = ?",
+                         result.new_packets, samples, upload_id)
     result = dataclasses.replace(result, reply=request.reply(result))
     await tx.execute("UPDATE nonces SET last_reply = ?, last_upload_id = ? WHERE device_id = ?",
                      result.reply, upload_id, device_id)
@@ -169,13 +180,20 @@ async def ingest_once(tx: Transaction, request: IngestRequest, now: float) -> In
 
 
 class IngestStore(StorePart):
+    def __init__(self, backend: Backend, wall_clock: Callable[[], float]) -> None:
+        super().__init__(backend, wall_clock)
+        self._stored_devices: set[str] = set()  # devices whose row this process saw committed
+
     async def ingest(self, request: IngestRequest) -> IngestResult:
         """Store one authentic upload exactly once (see the module docstring); returns when committed."""
+        device_stored = request.device_id in self._stored_devices
 
         async def work(tx: Transaction) -> IngestResult:
-            return await ingest_once(tx, request, self._clock())
+            return await ingest_once(tx, request, self._clock(), device_stored=device_stored)
 
-        return await self._backend.write(work)
+        result = await self._backend.write(work)
+        self._stored_devices.add(request.device_id)
+        return result
 
     async def record_rejected_upload(self, device_id: str, verdict: str, *, nonce: int | None = None,
                                      reason: str | None = None, body_bytes: int = 0,

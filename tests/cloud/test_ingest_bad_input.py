@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from cloud.key_registry import KeyFiles
 from cloud.server import CloudServer
-from cloud.upload_decoder import DeviceMirror, decode_firmware_upload
+from cloud.device_mirror import PACKED_PREFIX, DeviceMirror
+from cloud.upload_decoder import decode_firmware_upload
 from protocol.envelope import REFERENCE_PSK, build_envelope
 from protocol.upload_document import CompressedPacket, PacketMetadata, UploadDocument
 from tests.cloud.running_cloud import cloud_settings
@@ -185,17 +186,21 @@ def test_arbitrary_ids_and_queries_on_the_read_and_operator_routes(cloud: Thread
 
 
 @settings(max_examples=200, deadline=None)
-@given(state=st.text(max_size=200) | json_values.map(json.dumps), timestamp=st.integers(0, 2**32 - 1),
-       layout=st.lists(st.integers(-1, 12), max_size=12), data=st.text(max_size=40), size=st.integers(0, 200))
+@given(state=st.text(max_size=200) | json_values.map(json.dumps)
+       | st.binary(max_size=300).map(lambda b: PACKED_PREFIX + base64.b64encode(b).decode()),
+       timestamp=st.integers(0, 2**32 - 1), layout=st.lists(st.integers(-1, 12), max_size=12),
+       data=st.text(max_size=40), size=st.integers(0, 200), flip=st.integers(0, 4000), cut=st.integers(0, 4000))
 def test_the_decoder_takes_any_stored_state_and_any_packet(state: str, timestamp: int, layout: list[int],
-                                                           data: str, size: int) -> None:
+                                                           data: str, size: int, flip: int, cut: int) -> None:
     """The decoder runs inside the storage transaction: whatever it is given, it returns."""
     entry = CompressedPacket(data, PacketMetadata("BATCH_BITPACK", len(layout), 0, size, timestamp, tuple(layout)))
     document = UploadDocument(DEVICE, timestamp, (entry, entry))
     decoded = decode_firmware_upload(document, state, 1000.0)
     assert len(decoded.packets) == 2
-    # a stored state of the right shape with fields of the wrong types is survived too
-    shaped = json.loads(decoded.codec_state or "{}")
-    for key in ("boot", "document_ts", "packet_ts"):
-        decode_firmware_upload(document, json.dumps({**shaped, key: "x"}), 1000.0)
+    # a stored state of the right shape, damaged (a byte changed, or cut short), is survived too
+    assert decoded.codec_state is not None and decoded.codec_state.startswith(PACKED_PREFIX)
+    packed = bytearray(base64.b64decode(decoded.codec_state[len(PACKED_PREFIX):]))
+    packed[flip % len(packed)] ^= 0xFF
+    for damaged in (bytes(packed), bytes(packed[:cut % len(packed)])):
+        decode_firmware_upload(document, PACKED_PREFIX + base64.b64encode(damaged).decode(), 1000.0)
     assert DeviceMirror.load(decoded.codec_state).note is None  # what it stores, it can read back
