@@ -133,6 +133,7 @@ def _decode(mirror: DeviceMirror, packet: _Packet, sampled_at: float) -> PacketI
         reason=reason,
         samples=_samples(decoded, layout, sampled_at) if decoded.decodable else (),
         raw_hex=packet.data.hex() if packet.data is not None else None,
+        batch_layout=tuple(layout) if decoded.decodable else None,
     )
 
 

@@ -13,7 +13,6 @@ advance to a given nonce. On SQLite the single writer runs them one after the ot
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -61,6 +60,36 @@ def _nonce(row: Row) -> NonceState:
                       row["updated_at"])
 
 
+def _sample_rows(packet: PacketIn, now: float) -> tuple[str | None, float | None, float | None]:
+    """A packet's samples as stored in its row (JSON), and the first and last time among them.
+
+    Whole batches at one time are `{"at", "layout", "raw"}`; any other samples are a list of
+    `[index, address, raw, device_ms, sampled_at]`. A sample without a time was taken `now`.
+    """
+    samples = packet.samples
+    if not samples:
+        return None, None, None
+    if packet.batch_layout is not None:
+        at = samples[0].sampled_at
+        at = now if at is None else at
+        batch = {"at": at, "layout": packet.batch_layout, "raw": [s.raw for s in samples]}
+        return json.dumps(batch, separators=(",", ":")), at, at
+    rows = [(s.index, s.address, s.raw, s.device_ms, now if s.sampled_at is None else s.sampled_at) for s in samples]
+    times = [r[4] for r in rows]
+    return json.dumps(rows, separators=(",", ":")), min(times), max(times)
+
+
+def _stored_rows(text: str) -> list[Sequence[Any]]:
+    """`[index, address, raw, device_ms, sampled_at]` per sample, from either stored form."""
+    stored = json.loads(text)
+    if isinstance(stored, dict):
+        layout, at = stored["layout"], stored["at"]
+        n = len(layout)
+        return [(k // n, layout[k % n], raw, None, at) for k, raw in enumerate(stored["raw"])]
+    rows: list[Sequence[Any]] = stored
+    return rows
+
+
 def _samples_of(row: Row) -> list[TelemetrySample]:
     """The samples stored in one packet row, with their ids."""
     packet_id = row["id"]
@@ -68,7 +97,7 @@ def _samples_of(row: Row) -> list[TelemetrySample]:
     return [TelemetrySample(packet_id * SAMPLE_ID_STRIDE + k, row["device_id"], packet_id, index, address, raw,
                             device_ms, sampled_at, row["received_at"], row["boot_id"], row["packet_ts"],
                             row["codec"], status)
-            for k, (index, address, raw, device_ms, sampled_at) in enumerate(json.loads(row["sample_rows"]))]
+            for k, (index, address, raw, device_ms, sampled_at) in enumerate(_stored_rows(row["sample_rows"]))]
 
 
 async def _insert_upload(tx: Transaction, device_id: str, nonce: int | None, verdict: str, reason: str | None,
@@ -105,19 +134,14 @@ async def _store_packets(tx: Transaction, request: IngestRequest, packets: Seque
         key = (request.device_id, packet.boot_id, packet.packet_ts, packet.content_sha256)
         if len(packet.samples) >= SAMPLE_ID_STRIDE:
             raise ValueError(f"a packet of {len(packet.samples)} samples: the decoders make fewer")
-        rows: Sequence[Sequence[Any]] = packet.samples  # stored as they are when every time is known
-        if any(s.sampled_at is None for s in rows):
-            rows = [(s.index, s.address, s.raw, s.device_ms, now if s.sampled_at is None else s.sampled_at)
-                    for s in packet.samples]
-        times = [r[4] for r in rows]
+        rows, sampled_from, sampled_until = _sample_rows(packet, now)
         packet_id = await tx.fetchval(
             "INSERT INTO packets (device_id, boot_id, packet_ts, content_sha256, codec, status, reason, sample_count, "
             "raw_hex, upload_id, received_at, sample_rows, sampled_from, sampled_until) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id, boot_id, packet_ts, content_sha256) DO NOTHING RETURNING id",
-            *key, packet.codec, str(packet.status), packet.reason, len(rows), packet.raw_hex, upload_id, now,
-            json.dumps(rows, separators=(",", ":")) if rows else None, min(times, default=None),
-            max(times, default=None),
+            *key, packet.codec, str(packet.status), packet.reason, len(packet.samples), packet.raw_hex, upload_id,
+            now, rows, sampled_from, sampled_until,
         )
         if packet_id is None:  # stored before: a re-send after a lost acknowledgement
             existing = await tx.fetchrow(
@@ -127,7 +151,7 @@ async def _store_packets(tx: Transaction, request: IngestRequest, packets: Seque
             assert existing is not None
             stored.append(StoredPacket(existing["id"], False, PacketStatus(existing["status"])))
             continue
-        samples += len(rows)
+        samples += len(packet.samples)
         stored.append(StoredPacket(packet_id, True, PacketStatus(packet.status)))
     return stored, samples
 
@@ -168,11 +192,12 @@ async def ingest_once(tx: Transaction, request: IngestRequest, now: float, *,
         "UPDATE devices SET last_seen = ?, first_seen = COALESCE(first_seen, ?) WHERE device_id = ?",
         now, now, device_id,
     )
-    result = IngestResult(Verdict.ACCEPTED, upload_id, device_id, request.nonce, tuple(stored), samples)
-    if result.new_packets != len(decoded.packets) or samples != expected:
+    counted = IngestResult(Verdict.ACCEPTED, upload_id, device_id, request.nonce, tuple(stored), samples)
+    if counted.new_packets != len(decoded.packets) or samples != expected:
         await tx.execute("UPDATE uploads SET new_packets = ?, samples = ? WHERE id = ?",
-                         result.new_packets, samples, upload_id)
-    result = dataclasses.replace(result, reply=request.reply(result))
+                         counted.new_packets, samples, upload_id)
+    result = IngestResult(Verdict.ACCEPTED, upload_id, device_id, request.nonce, counted.packets, samples,
+                          request.reply(counted))
     await tx.execute("UPDATE nonces SET last_reply = ?, last_upload_id = ? WHERE device_id = ?",
                      result.reply, upload_id, device_id)
     await insert_messages(tx, request.outbox(result), now)

@@ -86,6 +86,9 @@ class PacketIn:
     reason: str | None = None
     samples: Sequence[SampleIn] = ()
     raw_hex: str | None = None  # the packet bytes, kept so undecodable data can be decoded later
+    # Set when the samples are whole batches in this register order, all at one time (a firmware
+    # packet): then they are stored as that layout, the time and the raw values, a sixth of the work.
+    batch_layout: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
