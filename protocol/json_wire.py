@@ -104,11 +104,13 @@ class _Rejected(ValueError):
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _Rejected(f"duplicate key {key!r}")
-        result[key] = value
+    result = dict(pairs)  # built in C: a repeated key shows as a shorter dict
+    if len(result) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Rejected(f"duplicate key {key!r}")
+            seen.add(key)
     return result
 
 
@@ -123,6 +125,16 @@ def _no_constants(text: str) -> Any:
     raise _Rejected(f"{text} is not JSON")
 
 
+_HOOKS: dict[str, Any] = {
+    "object_pairs_hook": _unique_pairs,
+    "parse_float": _finite_float,
+    "parse_constant": _no_constants,
+}
+# json.loads builds a new decoder on every call with hooks; one shared decoder saves that (it keeps
+# no state between calls). Only json.loads refuses a BOM or a non-text argument, so those still go there.
+_DECODER = json.JSONDecoder(**_HOOKS)
+
+
 def load_object(data: bytes | str, error: type[EcoWattError], what: str) -> JsonObject:
     """Parse `data` as one JSON object, or raise `error` saying why."""
     if isinstance(data, bytes | bytearray):
@@ -133,12 +145,10 @@ def load_object(data: bytes | str, error: type[EcoWattError], what: str) -> Json
     else:
         text = data
     try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_unique_pairs,
-            parse_float=_finite_float,
-            parse_constant=_no_constants,
-        )
+        if isinstance(text, str) and not text.startswith("\ufeff"):
+            value = _DECODER.decode(text)
+        else:
+            value = json.loads(text, **_HOOKS)
     except _Rejected as exc:
         raise error(f"{what} is not acceptable JSON: {exc}") from None
     except ValueError as exc:  # JSONDecodeError, and the int-digits limit
@@ -148,6 +158,9 @@ def load_object(data: bytes | str, error: type[EcoWattError], what: str) -> Json
     if not isinstance(value, dict):
         raise error(f"{what} must be a JSON object", type(value).__name__)
     return JsonObject(value, error, what)
+
+
+_MISSING = object()  # what a getter sees for an absent key: it passes no type check
 
 
 class JsonObject:
@@ -161,18 +174,20 @@ class JsonObject:
     def __contains__(self, key: str) -> bool:
         return key in self.data
 
-    def _get(self, key: str) -> Any:
-        if key not in self.data:
-            raise self.error(f"{self.where} lacks {key!r}")
-        return self.data[key]
+    # The getters read with `data.get(key, _MISSING)` and tell a missing key from a wrong value only
+    # on failure: these run for every field of every upload, and a call less per field counts.
+    def _wrong(self, key: str, expected: str, value: Any) -> EcoWattError:
+        if value is _MISSING:
+            return self.error(f"{self.where} lacks {key!r}")
+        return self.fail(key, expected, value)
 
     def fail(self, key: str, expected: str, value: Any) -> EcoWattError:
         return self.error(f"{self.where}.{key} must be {expected}", value)
 
     def integer(self, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
-        value = self._get(key)
-        if not is_integer(value):
-            raise self.fail(key, "an integer", value)
+        value = self.data.get(key, _MISSING)
+        if type(value) is not int and not is_integer(value):  # the usual case without a call
+            raise self._wrong(key, "an integer", value)
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             bounds = f"{'' if minimum is None else minimum}..{'' if maximum is None else maximum}"
             raise self.fail(key, f"in {bounds}", value)
@@ -180,39 +195,39 @@ class JsonObject:
         return result
 
     def number(self, key: str) -> float:
-        value = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(key, "a number", value)
+        value = self.data.get(key, _MISSING)
+        if type(value) is not float and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise self._wrong(key, "a number", value)
         return float(value)
 
     def text(self, key: str, *, allow_empty: bool = True) -> str:
-        value = self._get(key)
+        value = self.data.get(key, _MISSING)
         if not isinstance(value, str) or (not allow_empty and not value):
-            raise self.fail(key, "a string" if allow_empty else "a non-empty string", value)
+            raise self._wrong(key, "a string" if allow_empty else "a non-empty string", value)
         return value
 
     def boolean(self, key: str) -> bool:
-        value = self._get(key)
+        value = self.data.get(key, _MISSING)
         if not isinstance(value, bool):
-            raise self.fail(key, "true or false", value)
+            raise self._wrong(key, "true or false", value)
         return value
 
     def obj(self, key: str) -> JsonObject:
-        value = self._get(key)
+        value = self.data.get(key, _MISSING)
         if not isinstance(value, dict):
-            raise self.fail(key, "an object", value)
+            raise self._wrong(key, "an object", value)
         return JsonObject(value, self.error, f"{self.where}.{key}")
 
     def array(self, key: str) -> list[Any]:
-        value = self._get(key)
+        value = self.data.get(key, _MISSING)
         if not isinstance(value, list):
-            raise self.fail(key, "an array", value)
+            raise self._wrong(key, "an array", value)
         return value
 
     def integers(self, key: str, minimum: int | None = None, maximum: int | None = None) -> list[int]:
         items = self.array(key)
         for item in items:
-            if not is_integer(item):
+            if type(item) is not int and not is_integer(item):
                 raise self.fail(key, "an array of integers", item)
             if (minimum is not None and item < minimum) or (maximum is not None and item > maximum):
                 raise self.fail(key, f"an array of integers in {minimum}..{maximum}", item)

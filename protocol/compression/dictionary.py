@@ -59,20 +59,28 @@ def encode_dictionary(batch: Batch, patterns: Sequence[Sequence[int]]) -> Encode
     return Encoded(PacketFormat.DICTIONARY, header + bytes(tokens))
 
 
+def _one_byte_readings(b: int) -> tuple[int, ...]:
+    """The possible deltas of one-byte token `b` (0x81..0xFF), the firmware's reading first."""
+    t = b & 0x7F
+    if not b & 0x40:
+        return (t,)
+    return (t - 128, t) + ((t - 192,) if t >= 65 else ())
+
+
+# Every one-byte token's readings, computed once: a cloud parses tokens for every 0xD0 packet.
+_ONE_BYTE = {b: _one_byte_readings(b) for b in range(0x81, 0x100)}
+
+
 def _parse_tokens(body: bytes) -> list[tuple[int, ...]]:
     """Every token's possible deltas, the firmware's reading first."""
+    if body and min(body) > 0x80:  # only one-byte tokens (the usual packet): one look-up per byte
+        return [_ONE_BYTE[b] for b in body]
     tokens: list[tuple[int, ...]] = []
     i = 0
     while i < len(body):
         b = body[i]
-        if b & 0x80:
-            t = b & 0x7F
-            if not b & 0x40:
-                if t == 0:
-                    raise CodecError("zero delta token", body)
-                tokens.append((t,))
-            else:
-                tokens.append((t - 128, t) + ((t - 192,) if t >= 65 else ()))
+        if b in _ONE_BYTE:
+            tokens.append(_ONE_BYTE[b])
             i += 1
         elif b == 0x00:
             if i + 3 > len(body):
@@ -82,6 +90,8 @@ def _parse_tokens(body: bytes) -> list[tuple[int, ...]]:
                 raise CodecError("16-bit token for a one-byte delta", body)
             tokens.append((delta,))
             i += 3
+        elif b == 0x80:
+            raise CodecError("zero delta token", body)
         else:
             raise CodecError("invalid delta token byte", b)
     return tokens
@@ -98,15 +108,32 @@ def _mask_bits(count: int) -> tuple[int, tuple[int, ...]]:
     return reachable, bits
 
 
+@lru_cache(maxsize=1024)
+def _candidates(mask: int, count: int) -> tuple[int, ...]:
+    """The positions that may carry a token under `mask` (cached: a device's masks repeat)."""
+    _, bits = _mask_bits(count)
+    return tuple([p for p, bit in enumerate(bits) if not bit or mask & bit])
+
+
 def token_positions(mask: int, count: int, tokens: int) -> list[int] | None:
     """The positions carrying the tokens, None when the mask cannot tell; CodecError if inconsistent."""
-    reachable, bits = _mask_bits(count)
+    reachable, _ = _mask_bits(count)
     if mask & ~reachable:
         raise CodecError("mask bit for a position outside the batch", mask)
-    candidates = [p for p, bit in enumerate(bits) if not bit or mask & bit]
+    candidates = list(_candidates(mask, count))
     if not mask.bit_count() <= tokens <= len(candidates):
         raise CodecError(f"{tokens} tokens do not fit mask {mask:#06x} of {count} values", tokens)
     return candidates if tokens == len(candidates) else None
+
+
+@lru_cache(maxsize=4096)
+def _readings(base: int, deltas: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """The values an ambiguous token can give over `base`, the firmware's first, and their largest
+    distance from it (cached: a device's entries and deltas recur from packet to packet)."""
+    options = tuple([(base + d) & 0xFFFF for d in deltas])
+    first = options[0]
+    # Two or three options and the first is at distance 0: the other one or two decide.
+    return options, max(abs(options[1] - first), abs(options[-1] - first))
 
 
 def decode_dictionary(packet: bytes, layout: Sequence[int], state: CodecState, count: int) -> Decoded:
@@ -136,14 +163,12 @@ def decode_dictionary(packet: bytes, layout: Sequence[int], state: CodecState, c
     readings: dict[int, tuple[int, ...]] = {}
     bounds: dict[int, int | None] = {}
     for position, deltas in zip(positions, tokens, strict=True):
-        base = values[position]
         if len(deltas) == 1:
-            values[position] = (base + deltas[0]) & 0xFFFF
+            values[position] = (values[position] + deltas[0]) & 0xFFFF
             continue
-        options = tuple([(base + d) & 0xFFFF for d in deltas])
-        first = values[position] = options[0]
+        options, bounds[position] = _readings(values[position], deltas)
+        values[position] = options[0]
         readings[position] = options
-        bounds[position] = max([abs(o - first) for o in options])
     if pattern_errors:  # an entry the mirror learned from approximate values
         for position, reg in enumerate(registers):
             if pattern_errors[reg] != 0:

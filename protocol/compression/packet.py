@@ -63,6 +63,13 @@ def decode_as(
 ) -> Decoded:
     """Decode `packet` read as format `fmt` (CodecError if it is not one)."""
     regs, count = _count(layout, samples)
+    return _decode_as(fmt, packet, regs, count, state)
+
+
+def _decode_as(
+    fmt: PacketFormat, packet: bytes, regs: tuple[int, ...], count: int, state: CodecState
+) -> Decoded:
+    """`decode_as` for a layout and count already checked."""
     if fmt in HEADERLESS and count > HEADERLESS_MAX_COUNT:
         raise CodecError("headerless packets exist only for batches of at most 8 values", count)
     match fmt:
@@ -163,11 +170,11 @@ def decode_packet(
         fmt = MARKERS.get(packet[0])
         if fmt is None:
             raise CodecError("unknown packet marker", packet[0])
-        return decode_as(fmt, packet, regs, state, samples)
+        return _decode_as(fmt, packet, regs, count, state)
     readings = []
     for fmt in PacketFormat:
         try:
-            readings.append(decode_as(fmt, packet, regs, state, samples))
+            readings.append(_decode_as(fmt, packet, regs, count, state))
         except CodecError:
             continue
     if not readings:

@@ -119,8 +119,10 @@ class TemporalHistory:
         """Store the last value of every register of the batch and advance (errors: a mirror's)."""
         row, row_errors = self.rows[self.next_row], self.errors[self.next_row]
         n = len(layout)
-        for i, value in enumerate(values):
-            row[layout[i % n]] = value
+        # Later samples overwrite earlier ones, so only the last value of each layout slot survives;
+        # the last n positions hold exactly those, in order (duplicate RegIDs: the later slot wins).
+        for i in range(max(0, len(values) - n), len(values)):
+            row[layout[i % n]] = values[i]
             row_errors[layout[i % n]] = 0 if errors is None else errors[i]
         self.next_row = (self.next_row + 1) % HISTORY_ROWS
         self.batches += 1

@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloud.device_mirror import PACKED_PREFIX, DeviceMirror
 from cloud.key_registry import KeyFiles
 from cloud.server import CloudServer
-from cloud.device_mirror import PACKED_PREFIX, DeviceMirror
 from cloud.upload_decoder import decode_firmware_upload
 from protocol.envelope import REFERENCE_PSK, build_envelope
 from protocol.upload_document import CompressedPacket, PacketMetadata, UploadDocument
