@@ -81,23 +81,19 @@ class _Packet:
     entry: CompressedPacket
     data: bytes | None
     error: str | None
+    sha256: str  # of the packet bytes, else of the text that could not be read as a packet
 
     @property
     def ts(self) -> int:
         return self.entry.metadata.timestamp
-
-    @property
-    def sha256(self) -> str:
-        content = self.data if self.data is not None else self.entry.compressed_binary.encode("utf-8")
-        return hashlib.sha256(content).hexdigest()
 
 
 def _read_packet(entry: CompressedPacket) -> _Packet:
     try:
         data = decode_compressed_binary(entry.compressed_binary, entry.metadata.compressed_size_bytes)
     except CodecError as error:
-        return _Packet(entry, None, str(error))
-    return _Packet(entry, data, None)
+        return _Packet(entry, None, str(error), hashlib.sha256(entry.compressed_binary.encode("utf-8")).hexdigest())
+    return _Packet(entry, data, None, hashlib.sha256(data).hexdigest())
 
 
 def _samples(decoded: Decoded, layout: Sequence[int], sampled_at: float) -> list[SampleIn]:
