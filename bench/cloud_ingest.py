@@ -1,17 +1,18 @@
 """Durable secured `/process` uploads per second vs a bare aiohttp handler that only parses the JSON.
 
-Both servers run side by side in this process on 127.0.0.1 and get the very same request bodies:
-envelopes built as firmware 1.0.4 builds them (one compressed packet of 6 registers x 7 samples,
-HMAC-signed), from W devices uploading one after the other with increasing nonces. The cloud
+Both servers run side by side in this process on 127.0.0.1, taking turns, and get the very same
+request bodies: envelopes built as firmware 1.0.4 builds them (one compressed packet of 6 registers
+x 7 samples, HMAC-signed), from W devices uploading one after the other with increasing nonces. The cloud
 verifies, decodes, stores (SQLite WAL, synchronous=FULL, group commit) and answers after the commit;
 the baseline reads and parses the body and answers. Target: cloud/baseline >= 0.5.
-Run: python -m bench.cloud_ingest [--uploads N] [--devices W]
+Run: python -m bench.cloud_ingest [--uploads N] [--devices W] [--rounds R]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import resource
 import statistics
@@ -68,6 +69,10 @@ class Run:
     def quantile(self, q: int) -> float:
         return statistics.quantiles(self.latencies, n=100)[q - 1] * 1000
 
+    def __add__(self, other: Run) -> Run:
+        return Run(self.label, self.seconds + other.seconds, self.latencies + other.latencies,
+                   self.cpu_seconds + other.cpu_seconds)
+
     def line(self) -> str:
         return (f"{self.label:<28} {self.rate:8.0f} uploads/s   p50 {self.quantile(50):6.1f} ms   "
                 f"p99 {self.quantile(99):6.1f} ms   CPU {self.cpu_per_request_us:6.0f} us/request")
@@ -110,24 +115,33 @@ async def bare_server() -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/process"
 
 
-async def compare(uploads: int, devices: int) -> tuple[Run, Run]:
+async def compare(uploads: int, devices: int, rounds: int) -> tuple[Run, Run]:
+    """Both servers in turn, `rounds` times, each time with the next part of every device's uploads:
+    a machine whose speed drifts during the run moves both figures alike."""
     with tempfile.TemporaryDirectory(prefix="ecowatt-bench-") as tmp:
         directory = Path(tmp)
         keys = KeyFiles(directory / "keys")
         names = [f"bench-{n}" for n in range(devices)]
-        streams = [device_bodies(name, keys.add_device(name), uploads // devices + 5) for name in names]
+        per_round = max(1, uploads // devices // rounds)
+        streams = [device_bodies(name, keys.add_device(name), 5 + rounds * per_round) for name in names]
         warm_up = [stream[:5] for stream in streams]
-        timed = [stream[5:] for stream in streams]
         settings = CloudSettings(host="127.0.0.1", port=0, data_dir=directory / "data", keys_dir=directory / "keys")
         settings.data_dir.mkdir()
         runner, bare_url = await bare_server()
         try:
             async with CloudServer(settings) as cloud:
+                gc.collect()
+                gc.freeze()  # as `ecowatt cloud serve` does once started (both servers live in this process)
                 await drive("warm-up", bare_url, warm_up)
                 await drive("warm-up", cloud.url + "/process", warm_up)
-                bare = await drive("bare aiohttp, parse only", bare_url, timed)
-                durable = await drive("cloud /process, durable", cloud.url + "/process", timed)
+                bare = Run("bare aiohttp, parse only", 0.0, [], 0.0)
+                durable = Run("cloud /process, durable", 0.0, [], 0.0)
+                for n in range(rounds):
+                    part = [stream[5 + n * per_round:5 + (n + 1) * per_round] for stream in streams]
+                    bare += await drive(bare.label, bare_url, part)
+                    durable += await drive(durable.label, cloud.url + "/process", part)
         finally:
+            gc.unfreeze()  # other benches may run in this process next
             await runner.cleanup()
     return bare, durable
 
@@ -136,8 +150,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser = argparse.ArgumentParser(prog="python -m bench.cloud_ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--uploads", type=int, default=2000, help="timed uploads per run (default 2000)")
     parser.add_argument("--devices", type=int, default=32, help="devices uploading at once (default 32)")
+    parser.add_argument("--rounds", type=int, default=4, help="turns each server takes (default 4)")
     args = parser.parse_args(argv)
-    bare, durable = asyncio.run(compare(args.uploads, args.devices))
+    bare, durable = asyncio.run(compare(args.uploads, args.devices, args.rounds))
     print(f"secured uploads, {args.devices} devices at once, SQLite WAL synchronous=FULL with group commit")
     print(bare.line())
     print(durable.line())
