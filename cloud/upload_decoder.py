@@ -23,13 +23,11 @@ import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import cycle, islice, repeat
 from typing import Any
 
 from cloud.device_mirror import DeviceMirror
-from cloud.storage import SAMPLE_ID_STRIDE, DecodedUpload, PacketIn, PacketStatus, SampleIn
+from cloud.storage import SAMPLE_ID_STRIDE, BatchSamples, DecodedUpload, PacketIn, PacketStatus, SampleIn
 from protocol.compression import (
     BATCH_SAMPLES,
     Decoded,
@@ -56,21 +54,23 @@ _DEVICE_ID_PREFIX = re.compile(rb'\s*\{\s*"device_id"\s*:\s*"([^"\\]{1,64})"')
 
 def signed_device_id(document: bytes) -> str | None:
     """The `device_id` an inner document names, even when it is truncated JSON (the firmware writes it
-    first). Only meaningful once the MAC over these bytes has been verified."""
-    try:
-        data = json.loads(document)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        match = _DEVICE_ID_PREFIX.match(document)
-        if match is None:
-            return None
+    first, so it is read from there without parsing the whole document; else from the parsed JSON).
+    Only meaningful once the MAC over these bytes has been verified."""
+    match = _DEVICE_ID_PREFIX.match(document)
+    text: object = None
+    if match is not None:
         try:
             text = match.group(1).decode("utf-8")
         except UnicodeDecodeError:
             return None
     else:
-        text = data.get("device_id") if isinstance(data, dict) else None
-        if not isinstance(text, str):
+        try:
+            data = json.loads(document)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return None
+        text = data.get("device_id") if isinstance(data, dict) else None
+    if not isinstance(text, str):
+        return None
     return text if text and text.isprintable() and "/" not in text and len(text) <= 64 else None
 
 
@@ -94,13 +94,6 @@ def _read_packet(entry: CompressedPacket) -> _Packet:
     except CodecError as error:
         return _Packet(entry, None, str(error), hashlib.sha256(entry.compressed_binary.encode("utf-8")).hexdigest())
     return _Packet(entry, data, None, hashlib.sha256(data).hexdigest())
-
-
-def _samples(decoded: Decoded, layout: Sequence[int], sampled_at: float) -> list[SampleIn]:
-    # Built column by column: an upload makes dozens, on the ingest hot path.
-    n, count = len(layout), len(decoded.values)
-    return list(map(SampleIn._make, zip([k // n for k in range(count)], islice(cycle(layout), count), decoded.values,
-                                        repeat(None), repeat(sampled_at))))
 
 
 def _decode(mirror: DeviceMirror, packet: _Packet, sampled_at: float) -> PacketIn:
@@ -127,9 +120,8 @@ def _decode(mirror: DeviceMirror, packet: _Packet, sampled_at: float) -> PacketI
         codec=str(decoded.format) if decoded.format is not None else meta.method,
         status=status,
         reason=reason,
-        samples=_samples(decoded, layout, sampled_at) if decoded.decodable else (),
+        samples=BatchSamples(layout, decoded.values, sampled_at) if decoded.decodable else (),
         raw_hex=packet.data.hex() if packet.data is not None else None,
-        batch_layout=tuple(layout) if decoded.decodable else None,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from cloud.storage.postgres import PostgresBackend
 from cloud.storage.records import (
     SAMPLE_ID_STRIDE,
+    BatchSamples,
     Command,
     CommandStatus,
     ConfigStatus,
@@ -84,6 +85,7 @@ __all__ = [
     "Rollout",
     "RolloutState",
     "RolloutTarget",
+    "BatchSamples",
     "SampleIn",
     "SessionStatus",
     "Storage",

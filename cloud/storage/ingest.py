@@ -22,6 +22,7 @@ from cloud.storage.devices import ensure_device
 from cloud.storage.outbox import insert_messages
 from cloud.storage.records import (
     SAMPLE_ID_STRIDE,
+    BatchSamples,
     IngestRequest,
     IngestResult,
     NonceState,
@@ -69,11 +70,9 @@ def _sample_rows(packet: PacketIn, now: float) -> tuple[str | None, float | None
     samples = packet.samples
     if not samples:
         return None, None, None
-    if packet.batch_layout is not None:
-        at = samples[0].sampled_at
-        at = now if at is None else at
-        batch = {"at": at, "layout": packet.batch_layout, "raw": [s.raw for s in samples]}
-        return json.dumps(batch, separators=(",", ":")), at, at
+    if isinstance(samples, BatchSamples):
+        batch = {"at": samples.sampled_at, "layout": samples.layout, "raw": samples.raw}
+        return json.dumps(batch, separators=(",", ":")), samples.sampled_at, samples.sampled_at
     rows = [(s.index, s.address, s.raw, s.device_ms, now if s.sampled_at is None else s.sampled_at) for s in samples]
     times = [r[4] for r in rows]
     return json.dumps(rows, separators=(",", ":")), min(times), max(times)

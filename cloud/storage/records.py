@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 JsonObject = dict[str, Any]
 
@@ -74,6 +74,41 @@ class SampleIn(NamedTuple):
     sampled_at: float | None = None  # estimated wall-clock time; None -> the upload's received_at
 
 
+class BatchSamples(Sequence[SampleIn]):
+    """The samples of whole batches in one register order, all taken at one time (a firmware packet).
+
+    Held as the raw values, which is how the storage keeps them (with the layout and the time); a
+    `SampleIn` is made only for whoever reads them one by one.
+    """
+
+    def __init__(self, layout: Sequence[int], raw: Sequence[int], sampled_at: float) -> None:
+        self.layout = tuple(layout)
+        self.raw = raw
+        self.sampled_at = sampled_at
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    @overload
+    def __getitem__(self, index: int) -> SampleIn: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[SampleIn]: ...
+
+    def __getitem__(self, index: int | slice) -> SampleIn | list[SampleIn]:
+        if isinstance(index, slice):
+            return [self[k] for k in range(*index.indices(len(self.raw)))]
+        k = range(len(self.raw))[index]  # IndexError and negative indexes as for a list
+        n = len(self.layout)
+        return SampleIn(k // n, self.layout[k % n], self.raw[k], None, self.sampled_at)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"BatchSamples({self.layout}, {list(self.raw)}, {self.sampled_at})"
+
+
 @dataclass(frozen=True)
 class PacketIn:
     """One compressed packet of an upload, as decoded (or not) by the service."""
@@ -86,9 +121,6 @@ class PacketIn:
     reason: str | None = None
     samples: Sequence[SampleIn] = ()
     raw_hex: str | None = None  # the packet bytes, kept so undecodable data can be decoded later
-    # Set when the samples are whole batches in this register order, all at one time (a firmware
-    # packet): then they are stored as that layout, the time and the raw values, a sixth of the work.
-    batch_layout: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
