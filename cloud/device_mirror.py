@@ -24,7 +24,7 @@ from protocol.registers import REGISTER_COUNT
 # Packets remembered per boot to recognise re-sends: the firmware's queue holds 20, so a re-sent
 # packet is always among the last few dozen received.
 RECENT_PACKETS = 64
-SHA_PREFIX = 16  # hex digits of a packet's sha256 remembered
+SHA_PREFIX = 8  # bytes of a packet's sha256 remembered
 JSON_VERSION = 1
 PACKED_PREFIX = "m2:"
 NONE = -1  # a value or bound not known (None) in the packed cells; real ones are uint16
@@ -43,7 +43,7 @@ class DeviceMirror:
     boot: int = 0
     document_ts: int | None = None  # `timestamp` of the last accepted document of this boot
     packet_ts: int | None = None  # newest packet timestamp decoded in this boot
-    recent: list[tuple[int, str]] = field(default_factory=list)  # (packet ts, sha256 prefix)
+    recent: list[tuple[int, bytes]] = field(default_factory=list)  # (packet ts, sha256 prefix)
     codec: CodecState = field(default_factory=CodecState)
     note: str | None = None  # why the stored state was not usable, if it was not
 
@@ -69,12 +69,17 @@ class DeviceMirror:
         self.codec = CodecState()
 
     def seen(self, packet_ts: int, sha: str) -> bool:
-        return (packet_ts, sha[:SHA_PREFIX]) in self.recent
+        return (packet_ts, _prefix(sha)) in self.recent
 
     def remember(self, packet_ts: int, sha: str) -> None:
-        self.recent.append((packet_ts, sha[:SHA_PREFIX]))
+        self.recent.append((packet_ts, _prefix(sha)))
         del self.recent[:-RECENT_PACKETS]
         self.packet_ts = packet_ts if self.packet_ts is None else max(self.packet_ts, packet_ts)
+
+
+def _prefix(sha: str) -> bytes:
+    """What is remembered of a packet's sha256 (hex)."""
+    return bytes.fromhex(sha[:2 * SHA_PREFIX])
 
 
 def _cells(rows: list[list[int | None]]) -> list[int]:
@@ -99,11 +104,11 @@ def _pack(mirror: DeviceMirror) -> bytes:
         history.batches, history.previous_count, len(history.previous_layout), len(recent))
     return b"".join((
         header,
-        struct.pack(f"<{len(recent)}q", *(ts for ts, _ in recent)),
-        bytes.fromhex("".join(sha for _, sha in recent)),
+        struct.pack(f"<{len(recent)}q", *[ts for ts, _ in recent]),
+        b"".join([prefix for _, prefix in recent]),
         bytes(history.previous_layout),
-        struct.pack(f"<{len(codec.patterns) * REGISTER_COUNT}H", *(v for p in codec.patterns for v in p)),
-        bytes(index for index, _ in errors),
+        struct.pack(f"<{len(codec.patterns) * REGISTER_COUNT}H", *[v for p in codec.patterns for v in p]),
+        bytes([index for index, _ in errors]),
         struct.pack(f"<{(len(errors) + 2 * HISTORY_ROWS) * REGISTER_COUNT}i",
                     *_cells([list(e) for _, e in errors]), *_cells(history.rows), *_cells(history.errors)),
     ))
@@ -117,9 +122,9 @@ def _unpack(data: bytes) -> DeviceMirror:
         raise DocumentError("mirror counters out of range")
     offset = _HEADER.size
     stamps = struct.unpack_from(f"<{recent_len}q", data, offset)
-    offset += 8 * recent_len
-    prefixes = data[offset:offset + 8 * recent_len].hex()
-    offset += 8 * recent_len
+    offset += 8 * recent_len  # int64 each
+    prefixes = data[offset:offset + SHA_PREFIX * recent_len]
+    offset += SHA_PREFIX * recent_len
     layout = tuple(data[offset:offset + layout_len])
     offset += layout_len
     values = struct.unpack_from(f"<{patterns * REGISTER_COUNT}H", data, offset)
@@ -139,7 +144,7 @@ def _unpack(data: bytes) -> DeviceMirror:
                        None if doubtful == NONE else doubtful)
     return DeviceMirror(boot, None if document_ts == NONE else document_ts,
                         None if packet_ts == NONE else packet_ts,
-                        [(ts, prefixes[16 * k:16 * k + 16]) for k, ts in enumerate(stamps)], codec)
+                        [(ts, prefixes[SHA_PREFIX * k:SHA_PREFIX * (k + 1)]) for k, ts in enumerate(stamps)], codec)
 
 
 def _from_json(text: str) -> DeviceMirror:
@@ -151,7 +156,7 @@ def _from_json(text: str) -> DeviceMirror:
     if not is_integer(boot) or any(v is not None and not is_integer(v) for v in (document_ts, packet_ts)):
         raise DocumentError("mirror counters must be integers")
     return DeviceMirror(boot=boot, document_ts=document_ts, packet_ts=packet_ts,
-                        recent=[(int(ts), str(sha)[:SHA_PREFIX]) for ts, sha in doc["recent"]],
+                        recent=[(int(ts), _prefix(str(sha))) for ts, sha in doc["recent"]],
                         codec=CodecState.from_json(doc["codec"]))
 
 
