@@ -161,19 +161,20 @@ async def ingest_once(tx: Transaction, request: IngestRequest, now: float, *,
     device_id = request.device_id
     if not device_stored:
         await ensure_device(tx, device_id, now)
-    # Insert or advance the nonce, in one statement; a row is written only if the nonce is greater.
-    advanced = await tx.execute(
+    # Insert or advance the nonce, in one statement; a row is written only if the nonce is greater, and
+    # only then does it come back, with the decoder state kept beside the nonce. From here the row is
+    # ours until commit (on PostgreSQL, its lock), so that state cannot change under us.
+    advanced = await tx.fetchrow(
         "INSERT INTO nonces (device_id, last_nonce, last_envelope_sha256, updated_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (device_id) DO UPDATE SET last_nonce = excluded.last_nonce, "
         "last_envelope_sha256 = excluded.last_envelope_sha256, last_reply = NULL, updated_at = excluded.updated_at "
-        "WHERE nonces.last_nonce IS NULL OR nonces.last_nonce < excluded.last_nonce",
+        "WHERE nonces.last_nonce IS NULL OR nonces.last_nonce < excluded.last_nonce RETURNING codec_state",
         device_id, request.nonce, request.envelope_sha256, now,
     )
-    if not advanced:
+    if advanced is None:
         return await _refuse(tx, request, now)
 
-    # The nonce row is ours until commit, so the decoder state read here cannot change under us.
-    state = await tx.fetchval("SELECT state FROM codec_states WHERE device_id = ?", device_id)
+    state = advanced["codec_state"]
     decoded = request.decode(state)
     # Counted as if every packet were new: only a re-send after a lost acknowledgement needs correcting.
     expected = sum(len(p.samples) for p in decoded.packets)
@@ -181,12 +182,6 @@ async def ingest_once(tx: Transaction, request: IngestRequest, now: float, *,
                                      len(decoded.packets), request.body_bytes, request.envelope_sha256, now,
                                      new_packets=len(decoded.packets), samples=expected)
     stored, samples = await _store_packets(tx, request, decoded.packets, upload_id, now)
-    if decoded.codec_state is not None:
-        await tx.execute(
-            "INSERT INTO codec_states (device_id, state, updated_at) VALUES (?, ?, ?) ON CONFLICT (device_id) "
-            "DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-            device_id, decoded.codec_state, now,
-        )
     await tx.execute(
         "UPDATE devices SET last_seen = ?, first_seen = COALESCE(first_seen, ?) WHERE device_id = ?",
         now, now, device_id,
@@ -197,8 +192,8 @@ async def ingest_once(tx: Transaction, request: IngestRequest, now: float, *,
                          counted.new_packets, samples, upload_id)
     result = IngestResult(Verdict.ACCEPTED, upload_id, device_id, request.nonce, counted.packets, samples,
                           request.reply(counted))
-    await tx.execute("UPDATE nonces SET last_reply = ?, last_upload_id = ? WHERE device_id = ?",
-                     result.reply, upload_id, device_id)
+    await tx.execute("UPDATE nonces SET last_reply = ?, last_upload_id = ?, codec_state = COALESCE(?, codec_state) "
+                     "WHERE device_id = ?", result.reply, upload_id, decoded.codec_state, device_id)
     await insert_messages(tx, request.outbox(result), now)
     return result
 
@@ -289,19 +284,22 @@ class IngestStore(StorePart):
         return dict(rows)
 
     async def codec_state(self, device_id: str) -> str | None:
-        return await self._one(lambda r: str(r["state"]), "SELECT state FROM codec_states WHERE device_id = ?",
-                               device_id)
+        rows = await self._backend.query("SELECT codec_state FROM nonces WHERE device_id = ?", device_id)
+        return rows[0]["codec_state"] if rows else None
 
-    # --- anti-replay state ---
+    # --- anti-replay state (a device whose nonce was reset has none, but keeps its decoder state) ---
 
     async def nonce_state(self, device_id: str) -> NonceState | None:
-        return await self._one(_nonce, f"SELECT {_NONCE} FROM nonces WHERE device_id = ?", device_id)
+        return await self._one(_nonce, f"SELECT {_NONCE} FROM nonces WHERE device_id = ? AND last_nonce IS NOT NULL",
+                               device_id)
 
     async def list_nonce_states(self) -> list[NonceState]:
-        return await self._all(_nonce, f"SELECT {_NONCE} FROM nonces ORDER BY device_id")
+        return await self._all(_nonce, f"SELECT {_NONCE} FROM nonces WHERE last_nonce IS NOT NULL ORDER BY device_id")
 
     async def reset_nonces(self, device_id: str | None = None) -> int:
         """Forget the last accepted nonce (of one device, or all): any nonce is accepted next."""
+        forget = ("UPDATE nonces SET last_nonce = NULL, last_envelope_sha256 = NULL, last_reply = NULL, "
+                  "last_upload_id = NULL WHERE last_nonce IS NOT NULL")
         if device_id is None:
-            return await self._change("DELETE FROM nonces")
-        return await self._change("DELETE FROM nonces WHERE device_id = ?", device_id)
+            return await self._change(forget)
+        return await self._change(forget + " AND device_id = ?", device_id)

@@ -89,6 +89,35 @@ async def test_sample_rows_of_an_older_database_move_into_their_packets(storage_
         assert (await storage.counts())["samples"] == 6
 
 
+async def test_decoder_states_of_an_older_database_move_beside_their_nonces(storage_factory: StorageFactory) -> None:
+    """Before migration 7 a device's decoder state had a table of its own; a device whose nonce was reset
+    (its nonce row deleted, then) kept its state there, and keeps it now."""
+    url = await storage_factory.new_url()
+    dialect = SQLITE if storage_factory.backend == "sqlite" else POSTGRES
+    for migration in [m for m in MIGRATIONS if m.version <= 6]:
+        for statement in ("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT "
+                          "NOT NULL, applied_at ${REAL} NOT NULL)", *migration.statements):
+            await storage_factory.execute(url, dialect.ddl(statement))
+        await storage_factory.execute(url, "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                                      migration.version, migration.name, 0.0)
+    states = {"with-nonce": '{"packets": 3}', "reset": '{"packets": 5}'}
+    for device, state in states.items():
+        await storage_factory.execute(url, "INSERT INTO devices (device_id, created_at) VALUES (?, 0)", device)
+        await storage_factory.execute(url, "INSERT INTO codec_states (device_id, state, updated_at) VALUES (?, ?, 1)",
+                                      device, state)
+    await storage_factory.execute(url, "INSERT INTO nonces (device_id, last_nonce, updated_at) VALUES "
+                                  "('with-nonce', 7, 1)")
+
+    async with open_storage(url) as storage:
+        assert await storage.schema_versions() == list(range(1, LATEST_VERSION + 1))
+        assert {d: await storage.codec_state(d) for d in states} == states
+        assert [n.device_id for n in await storage.list_nonce_states()] == ["with-nonce"]
+        assert (await storage.ingest(upload("with-nonce", 7))).verdict is Verdict.REPLAY
+        decoded_from: list[str | None] = []
+        assert (await storage.ingest(upload("reset", 1, calls=decoded_from))).verdict is Verdict.ACCEPTED
+        assert decoded_from == [states["reset"]]
+
+
 def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
 

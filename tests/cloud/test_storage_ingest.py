@@ -182,7 +182,11 @@ async def test_reset_nonces_lets_a_lower_nonce_in(storage: Storage) -> None:
     await storage.ingest(upload("A", 100))
     await storage.ingest(upload("B", 100))
     assert await storage.reset_nonces("A") == 1
-    assert (await storage.ingest(upload("A", 1))).verdict is Verdict.ACCEPTED
+    assert await storage.nonce_state("A") is None
+    assert await storage.reset_nonces("A") == 0
+    decoded_from: list[str | None] = []
+    assert (await storage.ingest(upload("A", 1, calls=decoded_from))).verdict is Verdict.ACCEPTED
+    assert decoder_count(decoded_from[0]) == 1  # the decoder state outlives the nonce: the device did not reboot
     assert (await storage.ingest(upload("B", 1))).verdict is Verdict.REPLAY
     assert [n.device_id for n in await storage.list_nonce_states()] == ["A", "B"]
 
