@@ -1,8 +1,8 @@
 """A device's decoder mirror, as the cloud keeps it between uploads, and its stored form.
 
 The mirror is written on every accepted upload, so its stored form is packed integers (text: "m2:" and
-base64, for the TEXT column of either database): about 2.5 KB, written in a few microseconds. The JSON
-form of version 1 (6 KB, ~70 us, most of it the re-send memory) still loads from older databases.
+base64, for the TEXT column of either database): about 2.4 KB, written in under 20 us. The JSON form
+of version 1 (6 KB, ~70 us, most of it the re-send memory) still loads from older databases.
 Packets are remembered for re-sends by timestamp and the first 8 bytes of their hash: two different
 packets of one boot never share a timestamp, so the prefix only has to tell a re-send from a reboot.
 """
