@@ -17,15 +17,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.storage import DecodedUpload, IngestRequest, PacketIn, SampleIn, Verdict, open_storage
+from cloud.storage import BatchSamples, DecodedUpload, IngestRequest, PacketIn, Verdict, open_storage
 
 LAYOUT = (0, 1, 5, 9, 6, 7)
 
 
 def _request(device: str, nonce: int) -> IngestRequest:
     content = f"{device}/{nonce}".encode()
+    raw = [2300 + i + a for i in range(7) for a in LAYOUT]
     packet = PacketIn(0, nonce * 15_000, hashlib.sha256(content).hexdigest(), "BATCH_DICTIONARY",
-                      samples=[SampleIn(i, a, 2300 + i + a) for i in range(7) for a in LAYOUT])
+                      samples=BatchSamples(LAYOUT, raw, sampled_at=1_764_000_000.0 + nonce))
 
     def decode(state: str | None) -> DecodedUpload:
         return DecodedUpload([packet], '{"history":[]}')
