@@ -5,13 +5,14 @@ request bodies: envelopes built as firmware 1.0.4 builds them (one compressed pa
 x 7 samples, HMAC-signed), from W devices uploading one after the other with increasing nonces. The cloud
 verifies, decodes, stores (SQLite WAL, synchronous=FULL, group commit) and answers after the commit;
 the baseline reads and parses the body and answers. Target: cloud/baseline >= 0.5.
-Run: python -m bench.cloud_ingest [--uploads N] [--devices W] [--rounds R]
+Run: python -m bench.cloud_ingest [--uploads N] [--devices W] [--rounds R] [--postgres]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import resource
@@ -28,6 +29,7 @@ from bench import Result
 from cloud.key_registry import KeyFiles
 from cloud.server import CloudServer
 from cloud.settings import CloudSettings
+from harness import pg_cluster
 from protocol.compression import Batch, CodecState, compress_batch, encode_compressed_binary, method_label
 from protocol.envelope import build_envelope
 from protocol.upload_document import firmware_document, firmware_packet
@@ -115,7 +117,7 @@ async def bare_server() -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/process"
 
 
-async def compare(uploads: int, devices: int, rounds: int) -> tuple[Run, Run]:
+async def compare(uploads: int, devices: int, rounds: int, db_url: str | None = None) -> tuple[Run, Run]:
     """Both servers in turn, `rounds` times, each time with the next part of every device's uploads:
     a machine whose speed drifts during the run moves both figures alike."""
     with tempfile.TemporaryDirectory(prefix="ecowatt-bench-") as tmp:
@@ -125,7 +127,8 @@ async def compare(uploads: int, devices: int, rounds: int) -> tuple[Run, Run]:
         per_round = max(1, uploads // devices // rounds)
         streams = [device_bodies(name, keys.add_device(name), 5 + rounds * per_round) for name in names]
         warm_up = [stream[:5] for stream in streams]
-        settings = CloudSettings(host="127.0.0.1", port=0, data_dir=directory / "data", keys_dir=directory / "keys")
+        settings = CloudSettings(host="127.0.0.1", port=0, data_dir=directory / "data", keys_dir=directory / "keys",
+                                 db_url=db_url)
         settings.data_dir.mkdir()
         runner, bare_url = await bare_server()
         try:
@@ -151,9 +154,14 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--uploads", type=int, default=2000, help="timed uploads per run (default 2000)")
     parser.add_argument("--devices", type=int, default=32, help="devices uploading at once (default 32)")
     parser.add_argument("--rounds", type=int, default=4, help="turns each server takes (default 4)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="store in a throwaway local PostgreSQL cluster (fsync on) instead of SQLite")
     args = parser.parse_args(argv)
-    bare, durable = asyncio.run(compare(args.uploads, args.devices, args.rounds))
-    print(f"secured uploads, {args.devices} devices at once, SQLite WAL synchronous=FULL with group commit")
+    with contextlib.ExitStack() as cleanup:
+        db_url = cleanup.enter_context(pg_cluster.PgCluster()).dsn if args.postgres else None
+        bare, durable = asyncio.run(compare(args.uploads, args.devices, args.rounds, db_url))
+    storage = "PostgreSQL (fsync on)" if args.postgres else "SQLite WAL synchronous=FULL with group commit"
+    print(f"secured uploads, {args.devices} devices at once, {storage}")
     print(bare.line())
     print(durable.line())
     print(f"ratio durable/bare: {durable.rate / bare.rate:.2f} (target >= {TARGET}); "
