@@ -126,7 +126,7 @@ class PacketIn:
 @dataclass(frozen=True)
 class DecodedUpload:
     packets: Sequence[PacketIn]
-    codec_state: str | None  # the device's decoder state after these packets (JSON text)
+    codec_state: str | None  # the device's decoder state after these packets (text, opaque to the storage)
     reason: str | None = None  # e.g. an authentic but unparsable document: accepted, data lost
 
 

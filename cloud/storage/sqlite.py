@@ -1,10 +1,10 @@
 """SQLite backend: WAL, synchronous=FULL, one writer task with group commit, reads on reader threads.
 
 Every write is a unit of work queued to a single writer task. The writer takes all units waiting,
-runs them in one `BEGIN IMMEDIATE` transaction (if one fails, the batch is run again with each unit in
-its own SAVEPOINT, so that one is rolled back alone and gets its own error), then issues ONE `COMMIT`,
-and only then resolves the callers' futures. So a caller hears "done" only once its data is on disk, and a burst of concurrent
-writers pays for one fsync instead of one each.
+runs them in one `BEGIN IMMEDIATE` transaction (if one fails, the batch is run again with each unit
+in its own SAVEPOINT, so that one is rolled back alone and gets its own error), then issues ONE
+`COMMIT`, and only then resolves the callers' futures. So a caller hears "done" only once its data is
+on disk, and a burst of concurrent writers pays for one fsync instead of one each.
 
 The whole batch runs in one hop to the writer's own thread: a unit's statements only touch the
 connection and never suspend, so the thread drives each unit's coroutine to its end by itself.
@@ -269,7 +269,7 @@ class SqliteBackend:
         connection = self._writer
         connection.execute("SAVEPOINT unit")
         try:
-            value = _drive(work(self._writer_tx))  # type: ignore[arg-type]  # operations are coroutines
+            value: Any = _drive(work(self._writer_tx))  # type: ignore[arg-type]  # operations are coroutines
         except Exception as error:
             connection.execute("ROLLBACK TO unit")
             connection.execute("RELEASE unit")
