@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloud.device_mirror import DeviceMirror
+from cloud.storage import BatchSamples, SampleIn
 from cloud.upload_decoder import decode_with_mirror
 from protocol.compression import Batch, CodecState, compress_batch, encode_compressed_binary, method_label
 from protocol.upload_document import UploadDocument, firmware_document, firmware_packet
@@ -65,3 +67,17 @@ def test_an_unreadable_state_restarts_the_mirror_in_a_new_boot() -> None:
     damaged = mirror.dump()[:-8]
     restarted = DeviceMirror.load(damaged)
     assert restarted.boot == 5 and restarted.note is not None and restarted.codec == CodecState()
+
+
+def test_a_decoded_packet_s_samples_read_as_the_batch_they_are() -> None:
+    """Samples are held as the batch (layout, raw values, one time) and read as one SampleIn each."""
+    document = uploads(3, 1)[0]
+    [packet] = decode_with_mirror(document, DeviceMirror(), 1000.0).packets
+    samples = packet.samples
+    assert isinstance(samples, BatchSamples) and len(samples) == 7 * len(LAYOUT)
+    as_list = [SampleIn(k // len(LAYOUT), LAYOUT[k % len(LAYOUT)], raw, None, samples.sampled_at)
+               for k, raw in enumerate(samples.raw)]
+    assert list(samples) == as_list and samples == as_list
+    assert samples[-1] == as_list[-1] and samples[2:9] == as_list[2:9]
+    with pytest.raises(IndexError):
+        samples[len(as_list)]
